@@ -1,0 +1,432 @@
+"""The ``bettervit`` command (also ``python -m bettervit``): models, train, eval, predict, pretrain, bench.
+
+Bad input (an unknown model, a missing data folder, a bad option value, an unreadable checkpoint) prints one line
+on stderr and exits with status 2, before anything is written. A run whose loss turns NaN/Inf exits with status 1.
+Under ``torchrun`` every process runs the same command; only rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(ValueError):
+    """Bad input found by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage block) and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Option types: each rejects a bad value with one line naming what was expected
+# ---------------------------------------------------------------------------------------------------------------
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (lo < v if lo_open else lo <= v) or not v <= hi or v != v:
+            raise argparse.ArgumentTypeError(f"expected a number in {'(' if lo_open else '['}{lo}, {hi}], got {s}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _pair(kind, what: str):
+    def parse(s: str):
+        try:
+            a, b = (kind(t) for t in s.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        return a, b
+
+    parse.__name__ = "pair"
+    return parse
+
+
+_POS_FLOAT = _float_in(0.0, float("inf"), lo_open=True)
+_NONNEG_FLOAT = _float_in(0.0, float("inf"))
+_UNIT = _float_in(0.0, 1.0)
+
+
+def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
+    """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values."""
+    S = argparse.SUPPRESS
+    p.add_argument("--model", required=True, help="registered model name (see `bettervit models`)")
+    p.add_argument("--data", default=None, help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/")
+    p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None, help="number of epochs (default 10)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="images per step per process (default 64)")
+    p.add_argument("--output", default=None, help="run directory (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="initial weights: a file or hub id create_model(pretrained=...) accepts (incl. MAE/MIM encoders)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=_POS_FLOAT, default=None, help="peak learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=_NONNEG_FLOAT, default=None, help="AdamW weight decay (default 0.05)")
+    g.add_argument("--layer-decay", type=_float_in(0, 1, lo_open=True), default=None,
+                   help="layer-wise LR decay, e.g. 0.75 for fine-tuning (default 1: off)")
+    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None, help="linear warmup length (default 1)")
+    g.add_argument("--clip-grad", type=_NONNEG_FLOAT, default=None, help="max gradient norm, 0 = off (default 1)")
+    g.add_argument("--accum-steps", type=_int_at_least(1), default=None, help="gradient accumulation steps")
+    g.add_argument("--ema-decay", type=_float_in(0, 0.99999), default=None, help="EMA of weights, e.g. 0.999 (0: off)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast dtype (default none)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations")
+    g.add_argument("--drop-path", type=_UNIT, default=None, help="stochastic depth rate (default: the model's)")
+    g.add_argument("--seed", type=int, default=None, help="seed for init, data order and augmentation (default 0)")
+    if not pretrain:
+        a = p.add_argument_group("augmentation (defaults depend on the data; digits: mild crop, no flip)")
+        a.add_argument("--label-smoothing", type=_UNIT, default=None)
+        a.add_argument("--crop-scale", type=_pair(float, "MIN,MAX"), default=None, help="random resized crop area")
+        a.add_argument("--hflip", type=_UNIT, default=None, help="horizontal flip probability")
+        a.add_argument("--randaugment", type=_pair(int, "N,M (ops, magnitude)"), default=None)
+        a.add_argument("--no-randaugment", action="store_true", default=None)
+        a.add_argument("--mixup", type=_UNIT, default=None, help="share of batches mixed with mixup")
+        a.add_argument("--cutmix", type=_UNIT, default=None, help="share of batches mixed with cutmix")
+    m = p.add_argument_group("machinery")
+    m.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    m.add_argument("--dist", dest="dist_mode", choices=["ddp", "fsdp"], default=None,
+                   help="under torchrun: DDP (default) or FSDP2 fully_shard")
+    m.add_argument("--workers", type=_int_at_least(0), default=None, help="image decoding processes (folders)")
+    m.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    m.add_argument("--stop-after", type=_int_at_least(1), default=None, help=S)  # tests: simulate a killed run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bettervit", description="MaxViT, Hiera and EVA-02: train, evaluate, predict, pretrain, bench.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="table of registered models with params and GMACs")
+    s.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'hiera*'")
+
+    s = sub.add_parser("train", help="supervised training or fine-tuning")
+    _add_run_options(s, pretrain=False)
+
+    s = sub.add_parser("pretrain", help="self-supervised pretraining: MAE (Hiera) or MIM (EVA-02)")
+    s.add_argument("--method", choices=["mae", "mim"], required=True)
+    _add_run_options(s, pretrain=True)
+    s.add_argument("--mask-ratio", type=_float_in(0, 1, lo_open=True), default=None, help="MAE mask ratio (0.6)")
+    s.add_argument("--teacher", default=None, help="MIM: teacher model name")
+    s.add_argument("--teacher-checkpoint", default=None, help="MIM: teacher weights")
+
+    s = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on the digits or a folder's val/")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", default="digits")
+    s.add_argument("--img-size", type=_int_at_least(8), default=None)
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--workers", type=_int_at_least(0), default=2)
+
+    s = sub.add_parser("predict", help="top-k classes of images")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", default=None, help="a run checkpoint (default: the model's released weights)")
+    s.add_argument("--topk", type=_int_at_least(1), default=5)
+    s.add_argument("--img-size", type=_int_at_least(8), default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+
+    s = sub.add_parser("bench", help="inference and training-step throughput")
+    s.add_argument("--model", required=True)
+    s.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    s.add_argument("--img-size", type=_int_at_least(8), default=None)
+    s.add_argument("--repeats", type=_int_at_least(1), default=10)
+    s.add_argument("--no-train", dest="train", action="store_false", help="inference only")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import get_entry, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise CliError(f"no registered model matches {args.pattern!r}; try `bettervit models`")
+    rows = []
+    for name in names:
+        info = count_model(name)
+        entry = get_entry(name)
+        rows.append((name, entry.family, str(info["img_size"]), _fmt(info["params_m"], 2), _fmt(info["gmacs"], 2),
+                     entry.weights or "-"))
+    header = ("model", "family", "img", "params (M)", "GMACs", "default weights")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    right = {2, 3, 4}
+    line = lambda r: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(line(header).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(line(r).rstrip())
+    return 0
+
+
+def count_model(name: str) -> dict:
+    """Params (M) and GMACs (= FLOPs / 2) of a model at its default size, built on the meta device (no memory, no
+    arithmetic, so the largest variants cost what the smallest do). Unknown values are None."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import create_model
+    from .train.engine import default_img_size
+
+    size = default_img_size(name)
+    res: dict = {"img_size": size, "params_m": None, "gmacs": None}
+    try:
+        with torch.device("meta"):
+            model = create_model(name)
+    except Exception:  # noqa: BLE001 - init code that needs real data: build on the CPU, then move to meta
+        try:
+            model = create_model(name).to("meta")
+        except Exception as e:  # noqa: BLE001
+            logging.getLogger("bettervit").debug("%s: cannot build: %s", name, e)
+            return res
+    res["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    try:
+        x = torch.empty(1, getattr(model.config, "in_chans", 3), size, size, device="meta")
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model.eval()(x)
+        res["gmacs"] = fc.get_total_flops() / 2 / 1e9
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("bettervit").debug("%s: cannot count FLOPs on the meta device: %s", name, e)
+    return res
+
+
+def _fmt(v: float | None, nd: int) -> str:
+    return "?" if v is None else f"{v:.{nd}f}"
+
+
+def _run_config(args: argparse.Namespace, task: str):
+    """Defaults < saved config (on --resume) < options given on this command line."""
+    import yaml
+
+    from .train.config import RunConfig
+
+    explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "quiet", "resume",
+                                                                                   "overwrite")}
+    explicit["task"] = task
+    base = RunConfig()
+    if args.resume:
+        out = Path(args.output or f"runs/{args.model}")
+        f = out / "config.yaml"
+        if not f.is_file():
+            raise CliError(f"cannot resume: {f} not found")
+        try:
+            saved = yaml.safe_load(f.read_text())["config"]
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"cannot resume: {f} is not a bettervit run config ({type(e).__name__})") from e
+        base = RunConfig.from_dict(saved)
+        if saved.get("model") != args.model:
+            raise CliError(f"cannot resume: {out} is a run of {saved.get('model')}, not {args.model}")
+    d = base.to_dict()
+    d.update(explicit)
+    return RunConfig.from_dict(d)
+
+
+def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
+    from .train.engine import run
+
+    cfg = _run_config(args, task)
+    out = run(cfg, resume=args.resume, overwrite=args.overwrite)
+    if _is_main():
+        print(f"run directory: {out}")
+    return 0
+
+
+def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: int | None, img_size: int | None,
+                        device):
+    """(model, meta) from a run checkpoint (class names, preprocessing) or any file create_model accepts."""
+    import torch
+
+    from . import create_model, weights
+    from .train.checkpoint import load_checkpoint
+
+    meta = {}
+    if checkpoint is None:
+        model = create_model(model_name, pretrained=True, img_size=img_size)
+    else:
+        if not Path(checkpoint).is_file():
+            raise CliError(f"checkpoint not found: {checkpoint}")
+        if checkpoint.endswith(".safetensors"):
+            sd = weights.load_state_dict(checkpoint)
+        else:
+            raw = load_checkpoint(checkpoint)
+            meta = raw.get("meta", {}) if isinstance(raw.get("meta"), dict) else {}
+            sd = weights.unwrap(raw, checkpoint)
+        names = meta.get("class_names")
+        if names is not None:
+            num_classes = len(names)
+        img_size = img_size or (meta.get("preprocess") or {}).get("img_size")
+        model = create_model(model_name, num_classes=num_classes, img_size=img_size)
+        weights.load_into(model, sd, source=checkpoint)
+    return model.to(device).eval(), meta
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device: expected auto, cpu or cuda, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda requested but no CUDA device is available")
+    return dev
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import build_data
+    from .data.augment import AugmentConfig, DeviceAugment
+    from .train import distributed
+    from .train.engine import default_img_size, evaluate
+
+    dev = _device(args.device)
+    default_img_size(args.model)  # unknown model -> one-line error before the data is read
+    import torch
+
+    # the checkpoint's class names and size decide the model; the data must have the same classes
+    from .train.checkpoint import load_checkpoint
+
+    meta = {}
+    if Path(args.checkpoint).is_file() and not args.checkpoint.endswith(".safetensors"):
+        meta = load_checkpoint(args.checkpoint).get("meta", {}) or {}
+    elif not Path(args.checkpoint).is_file():
+        raise CliError(f"checkpoint not found: {args.checkpoint}")
+    img_size = args.img_size or (meta.get("preprocess") or {}).get("img_size") or default_img_size(args.model)
+    data = build_data(args.data, img_size)
+    if meta.get("class_names") is not None and list(meta["class_names"]) != data.class_names:
+        raise CliError(f"{args.data}: classes {data.class_names[:5]}... differ from the checkpoint's "
+                       f"{list(meta['class_names'])[:5]}...")
+    model, _ = _load_for_inference(args.model, args.checkpoint, data.num_classes, img_size, dev)
+    aug = DeviceAugment(AugmentConfig.for_data(data.name), img_size, data.mean, data.std, data.num_classes).to(dev)
+    info = distributed.DistInfo(device=dev)
+    with torch.inference_mode():
+        r = evaluate(model, data, aug, info, args.batch_size, workers=args.workers)
+    print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
+          f"({r['n']} images, {data.name} val)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .data.folder import decode_image
+
+    dev = _device(args.device)
+    for f in args.images:
+        if not Path(f).is_file():
+            raise CliError(f"image not found: {f}")
+    model, meta = _load_for_inference(args.model, args.checkpoint, None, args.img_size, dev)
+    pre = meta.get("preprocess") or {}
+    size = args.img_size or pre.get("img_size") or _model_img_size(model)
+    crop_pct = pre.get("crop_pct", 0.875)
+    mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(pre.get("std", IMAGENET_STD), device=dev).view(1, 3, 1, 1)
+    names = meta.get("class_names")
+    for f in args.images:
+        try:
+            x = decode_image(f, round(size / crop_pct), size, grey=bool(pre.get("grey")))
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"cannot read image {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        x = (x[None].to(dev).float() / 255 - mean) / std
+        with torch.inference_mode():
+            prob = model(x).float().softmax(-1)[0]
+        k = min(args.topk, prob.numel())
+        top = prob.topk(k)
+        print(f"{f}:")
+        for pr, i in zip(top.values.tolist(), top.indices.tolist()):
+            label = names[i] if names is not None and i < len(names) else f"class {i}"
+            print(f"  {pr * 100:6.2f}%  {label}")
+    return 0
+
+
+def _model_img_size(model) -> int:
+    s = getattr(getattr(model, "config", None), "img_size", 224)
+    return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    from .registry import get_entry
+
+    get_entry(args.model)
+    run_benchmark(args.model, batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
+                  train=args.train)
+    return 0
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet or not _is_main() else logging.INFO
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("bettervit")
+    root.handlers[:] = [h]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 run failed, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    _setup_logging(args.quiet)
+    commands = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
+                "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench}
+    from .train.engine import Diverged
+
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        sys.stderr.write(f"bettervit {args.command}: error: {msg}\n")
+        return EXIT_BAD_INPUT
+    except Diverged as e:
+        sys.stderr.write(f"bettervit {args.command}: stopped: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"bettervit {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

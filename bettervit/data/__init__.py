@@ -1,0 +1,106 @@
+"""Data for training and evaluation: the embedded digits or an image folder, sharded per rank, augmented on device.
+
+``build_data(spec, img_size)`` returns a ``DataBundle`` whose ``batches(split, epoch, ...)`` yields uint8 image batches
+(B, 3, H, W) and int64 labels. Batches stay uint8 until they reach the device; ``augment.DeviceAugment`` turns them
+into normalised float inputs there, batched (kornia).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .folder import ImageFolderSplit, iterate_folder, list_classes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_MEAN = (0.3, 0.3, 0.3)
+DIGITS_STD = (0.4, 0.4, 0.4)
+CROP_PCT = 0.875  # image folders: load at img_size / CROP_PCT, then crop
+
+
+@dataclass
+class DataBundle:
+    """Both splits plus what a checkpoint must remember to preprocess new images the same way."""
+
+    name: str
+    class_names: list[str]
+    img_size: int
+    load_size: int  # training images arrive at load_size x load_size; the random crop brings them to img_size
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grey: bool  # digits: predict converts images to grey first
+    splits: dict[str, object] = field(repr=False)
+    skipped: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def size(self, split: str) -> int:
+        s = self.splits[split]
+        return len(s[1]) if isinstance(s, tuple) else len(s)
+
+    def indices(self, split: str, epoch: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
+                batch_size: int = 1) -> list[int]:
+        """This rank's sample order for one epoch: a permutation fixed by (seed, epoch), dealt round-robin.
+
+        Training (shuffle) keeps only whole batches on every rank so ranks step together; evaluation keeps every
+        sample exactly once over all ranks.
+        """
+        n = self.size(split)
+        if shuffle:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+            per_rank = (n // world) // batch_size * batch_size
+            if per_rank == 0:
+                raise ValueError(
+                    f"{self.name}: {n} training images cannot fill one batch of {batch_size} on each of {world} rank(s)"
+                )
+            return order[rank::world][:per_rank]
+        return list(range(n))[rank::world]
+
+    def batches(self, split: str, indices: list[int], batch_size: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        s = self.splits[split]
+        if isinstance(s, tuple):
+            x, y = s
+            for i in range(0, len(indices), batch_size):
+                idx = torch.tensor(indices[i : i + batch_size], dtype=torch.long)
+                yield x[idx], y[idx]
+        else:
+            yield from iterate_folder(s, indices, batch_size, workers)
+
+    def preprocess_info(self) -> dict:
+        """Saved in checkpoints so ``predict`` prepares an image as training did."""
+        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "grey": self.grey,
+                "crop_pct": 1.0 if self.name == "digits" else CROP_PCT}
+
+
+def build_data(spec: str | None, img_size: int) -> DataBundle:
+    """``spec``: ``"digits"`` (default) or a folder holding ``train/`` and ``val/`` class subfolders."""
+    if spec in (None, "", "digits"):
+        from .digits import CLASS_NAMES, load_digits_split
+
+        train, val = load_digits_split(img_size)
+        return DataBundle("digits", list(CLASS_NAMES), img_size, img_size, DIGITS_MEAN, DIGITS_STD, True,
+                          {"train": train, "val": val})
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data directory not found: {spec} (expected 'digits' or a folder with train/ and val/)")
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise ValueError(f"data directory {root} has no {sub}/ subfolder (expected {root}/{{train,val}}/<class>/)")
+    classes = list_classes(root / "train")
+    if not classes:
+        raise ValueError(f"data directory {root / 'train'} has no class subfolders")
+    load_size = max(img_size, round(img_size / CROP_PCT))
+    train = ImageFolderSplit(root / "train", classes, load_size, load_size)
+    val = ImageFolderSplit(root / "val", classes, load_size, img_size)
+    for name, s in (("train", train), ("val", val)):
+        if len(s) == 0:
+            raise ValueError(f"data directory {root / name} holds no readable images")
+    return DataBundle(str(root), classes, img_size, load_size, IMAGENET_MEAN, IMAGENET_STD, False,
+                      {"train": train, "val": val}, skipped=train.skipped + val.skipped)
