@@ -1,0 +1,266 @@
+"""MAE pretraining for Hiera (Ryali et al., ICML 2023; MAE: He et al., CVPR 2022).
+
+Hiera's encoder never sees masked tokens: whole mask units (8x8 tokens = 32x32 pixels) are sampled away, their
+pixels are zeroed before the 7x7 patch conv (its kernel overlaps unit borders), and only the visible units' tokens
+enter the blocks. Because the token order keeps every mask unit contiguous (see ``bettervit.models.hiera.unroll``),
+dropping a unit is dropping a run of tokens, and pooling and mask-unit attention work unchanged on what is left.
+
+The encoder pools twice (q_pool=2), so each visible unit ends as 2x2 tokens at stride 16. Stages 1 and 2 are
+fused into that resolution by strided convolutions per unit and added to the last stage's output ("multi-scale
+fusion"), then normed. A light decoder (512-d, 8 blocks, 16 heads, global attention) fills the masked units with a
+learned mask token and predicts each 16x16 pixel patch, normalised by its own mean and variance; the loss is the
+MSE on the masked patches only.
+
+Layout follows facebookresearch/mae: ``forward_encoder`` / ``forward_decoder`` / ``forward_loss``. Parameter names
+equal the official ``hiera-transformer`` MAE checkpoints, so ``mae_hiera_*_224.pth`` loads directly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resize_pos_embed
+from ..registry import register_model
+
+
+@dataclass
+class MAEHieraConfig(HieraConfig):
+    q_pool: int = 2  # the MAE encoder pools twice; prediction tokens are at stride 16
+    num_classes: int = 0
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True  # targets: each patch normalised by its own mean and variance
+    mask_ratio: float = 0.6
+
+
+class MAEOutput(NamedTuple):
+    loss: Tensor  # scalar: MSE over the masked patches
+    pred: Tensor  # (B, L, p*p*C) predictions for every 16x16 patch, raster order, values (c, y, x)
+    target: Tensor  # (B, L, p*p*C) the (normalised) pixels of every patch, same layout
+    mask: Tensor  # (B, units) bool, True = VISIBLE (kept), False = masked (as the official Hiera code)
+
+
+def random_unit_mask(batch: int, units: int, mask_ratio: float, device=None, generator=None) -> Tensor:
+    """Sample which mask units each image keeps.
+
+    Mask convention (the one used everywhere in this file, and by the official Hiera code, opposite to the original
+    MAE): ``True`` = the unit is **visible** (kept, fed to the encoder), ``False`` = masked (predicted). Every image
+    keeps the same number of units, ``int(units * (1 - mask_ratio))``, so visible tokens stack into a dense batch.
+    """
+    keep = int(units * (1 - mask_ratio))
+    if not 0.0 <= mask_ratio < 1.0 or keep < 1:
+        raise ValueError(f"mask_ratio must leave at least one of {units} mask units visible, got {mask_ratio}")
+    noise = torch.rand(batch, units, device=device, generator=generator)
+    ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each unit's noise: the `keep` smallest are kept
+    return ranks < keep
+
+
+class MaskedAutoencoderHiera(Hiera):
+    """Hiera encoder + multi-scale fusion + MAE decoder. ``forward(x, mask_ratio)`` -> :class:`MAEOutput`."""
+
+    classifier_prefixes = ()
+
+    def __init__(self, config: MAEHieraConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        dims = [blk.dim_out for blk in self.blocks]
+        enc_dim = dims[-1]
+        self.encoder_norm = nn.LayerNorm(enc_dim, eps=cfg.norm_eps)
+        # tokens per mask-unit side at the end of the encoder (2 at the default 8 / 2**2)
+        self.final_unit = cfg.mask_unit_size // cfg.q_stride**cfg.q_pool
+        self.final_side = cfg.tokens_side // cfg.q_stride**cfg.q_pool
+
+        # stage s (s < q_pool) sees units of mask_unit_size / q_stride**s tokens; a conv with kernel = stride
+        # brings them to final_unit x final_unit, then they are summed with the last stage.
+        self.multi_scale_fusion_heads = nn.ModuleList()
+        for s, end in enumerate(cfg.stage_ends[: cfg.q_pool]):
+            k = cfg.mask_unit_size // cfg.q_stride**s // self.final_unit
+            self.multi_scale_fusion_heads.append(nn.Conv2d(dims[end], enc_dim, kernel_size=k, stride=k))
+
+        self.decoder_embed = nn.Linear(enc_dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.final_side**2, cfg.decoder_dim))
+        self.decoder_blocks = nn.ModuleList(
+            HieraBlock(cfg.decoder_dim, cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio, eps=cfg.norm_eps)
+            for _ in range(cfg.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=cfg.norm_eps)
+        self.pred_stride = cfg.patch_stride * cfg.q_stride**cfg.q_pool  # 16: pixels per predicted patch side
+        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.pred_stride**2 * cfg.in_chans)
+        self._init_mae_weights()
+
+    def _make_head(self) -> None:  # the MAE model has no classifier
+        self.head = None
+
+    def _init_mae_weights(self) -> None:
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight.data  # like a Linear over the flattened kernel (as MAE)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    # --- MAE ----------------------------------------------------------------------------------------------------
+    @property
+    def num_units(self) -> int:
+        return self.config.units_side**2
+
+    def random_mask(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> Tensor:
+        """(B, units) bool, True = visible. See :func:`random_unit_mask`."""
+        return random_unit_mask(x.shape[0], self.num_units, mask_ratio, device=x.device, generator=generator)
+
+    def forward_encoder(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Images + mask (True = visible) -> fused latent (B, n_visible, u, u, C_enc), u = final unit side (2)."""
+        cfg = self.config
+        take = set(range(cfg.q_pool)) | {len(cfg.stages) - 1}
+        _, outs = self.forward_tokens(x, visible=mask, take=take)
+        n_vis = int(mask[0].sum())
+        fused = 0.0
+        for stage, t in outs:
+            units = reroll_units(t, n_vis, self._levels_after(stage), cfg.q_stride)  # (B, n_vis, m, m, C)
+            if stage < cfg.q_pool:
+                B, n, m, _, C = units.shape
+                y = self.multi_scale_fusion_heads[stage](units.reshape(B * n, m, m, C).permute(0, 3, 1, 2))
+                units = y.permute(0, 2, 3, 1).reshape(B, n, self.final_unit, self.final_unit, -1)
+            fused = fused + units
+        return self.encoder_norm(fused)
+
+    def forward_decoder(self, latent: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent of the visible units -> predictions (B, L, p*p*C) in raster order, and the patch-level mask
+        (B, L) bool, True = visible."""
+        cfg = self.config
+        x = self.decoder_embed(latent)  # (B, n_vis, u, u, D)
+        B, D, u, m = x.shape[0], x.shape[-1], self.final_unit, cfg.units_side
+        full = self.mask_token.to(x.dtype).expand(B, self.num_units, u * u, D).clone()  # (B, units, u*u, D)
+        full[mask] = x.reshape(-1, u * u, D)  # row-major over (image, visible unit), the order of mask's True
+        # units grid -> raster tokens: (B, mh, mw, uy, ux, D) -> (B, mh, uy, mw, ux, D)
+        x = full.view(B, m, m, u, u, D).permute(0, 1, 3, 2, 4, 5).reshape(B, (m * u) ** 2, D)
+        patch_visible = mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, -1)
+        x = x + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = self._run(block, x)
+        return self.decoder_pred(self.decoder_norm(x)), patch_visible
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, L, C*p*p) raster patches, each flattened as (c, y, x) like the official targets."""
+        B, C, H, W = x.shape
+        p = self.pred_stride
+        x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
+        return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """Inverse of :meth:`patchify`: (B, L, C*p*p) -> (B, C, H, W)."""
+        B, L, _ = patches.shape
+        p, C, h = self.pred_stride, self.config.in_chans, math.isqrt(L)
+        x = patches.reshape(B, h, h, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
+        return x.reshape(B, C, h * p, h * p)
+
+    def forward_loss(self, x: Tensor, pred: Tensor, patch_visible: Tensor) -> tuple[Tensor, Tensor]:
+        """MSE between predictions and (per-patch normalised) pixels, on masked patches only -> (loss, target)."""
+        target = self.patchify(x)
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
+            target = (target - mean) / (var + 1e-6).sqrt()
+        masked = ~patch_visible
+        loss = (pred[masked] - target[masked]).pow(2).mean()
+        return loss, target
+
+    def forward(self, x: Tensor, mask_ratio: float | None = None, mask: Tensor | None = None) -> MAEOutput:
+        """Images (B, C, H, W) -> :class:`MAEOutput`. ``mask`` (B, units) bool, True = visible, overrides sampling;
+        each image must keep the same number of units."""
+        self._check(x)
+        if mask is None:
+            mask = self.random_mask(x, self.config.mask_ratio if mask_ratio is None else mask_ratio)
+        elif mask.shape != (x.shape[0], self.num_units) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {(x.shape[0], self.num_units)}, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        elif not (mask.sum(1) == mask[0].sum()).all() or not mask[0].any():
+            raise ValueError("mask must keep the same, non-zero number of mask units in every image")
+        latent = self.forward_encoder(x, mask)
+        pred, patch_visible = self.forward_decoder(latent, mask)
+        loss, target = self.forward_loss(x, pred, patch_visible)
+        return MAEOutput(loss, pred, target, mask)
+
+    # --- classifier-only API does not apply ---------------------------------------------------------------------
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        raise ValueError("the MAE model has no classifier head; build hiera_* and load this checkpoint into it")
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise ValueError("the MAE model has no classifier head; build hiera_* and load this checkpoint into it")
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "decoder_pos_embed", "mask_token"}
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith(("patch_embed.", "pos_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return 1 + int(name.split(".")[1])
+        return self.num_layer_ids() - 1  # fusion heads, encoder norm and the decoder
+
+    def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Official MAE-Hiera keys are ours; position embeddings are resized to this img_size."""
+        out = dict(state_dict)
+        if "pos_embed" in out:
+            out["pos_embed"] = resize_pos_embed(out["pos_embed"], self.config.tokens_side)
+        if "decoder_pos_embed" in out:
+            out["decoder_pos_embed"] = resize_pos_embed(out["decoder_pos_embed"], self.final_side)
+        return out
+
+
+@torch.no_grad()
+def reconstruct_images(model: MaskedAutoencoderHiera, x: Tensor, out: MAEOutput) -> Tensor:
+    """Images for viewing: visible patches from ``x``, masked ones from the predictions. (B, C, H, W).
+
+    Predictions live in per-patch normalised space. Each masked patch is mapped back to pixels with the mean of the
+    per-patch means and the mean of the per-patch standard deviations of the *visible* patches of the same image,
+    so the picture uses no information from the masked pixels.
+    """
+    target = model.patchify(x)  # raw pixels (B, L, C*p*p)
+    B, L, _ = target.shape
+    m, u = model.config.units_side, model.final_unit
+    visible = out.mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, L, 1)
+    pred = out.pred.float()
+    if model.config.norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        n_vis = visible.sum(dim=1, keepdim=True).clamp_min(1)
+        vis_mean = (mean * visible).sum(dim=1, keepdim=True) / n_vis  # (B, 1, 1)
+        vis_std = (std * visible).sum(dim=1, keepdim=True) / n_vis
+        pred = pred * vis_std + vis_mean
+    return model.unpatchify(torch.where(visible, target, pred.to(target.dtype)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants. The official MAE checkpoints (dl.fbaipublicfiles.com/hiera/mae_hiera_*_224.pth) are not on the
+# Hugging Face hub, so there is no default hub id: pass the downloaded .pth as `pretrained=`.
+# ---------------------------------------------------------------------------------------------------------------
+def _register(size: str) -> None:
+    name = f"mae_hiera_{size}_224"
+
+    def variant() -> MAEHieraConfig:
+        return MAEHieraConfig(**SIZES[size])
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f"MAE pretraining model with a Hiera-{size} encoder at 224x224."
+    register_model(MaskedAutoencoderHiera, weights=None, family="hiera")(variant)
+
+
+for _size in SIZES:
+    _register(_size)
+
+
+@register_model(MaskedAutoencoderHiera, family="hiera")
+def mae_hiera_nano() -> MAEHieraConfig:
+    """MAE with the hiera_nano encoder and a 64-d, 2-block, 2-head decoder at 64 px, for demos and tests."""
+    return MAEHieraConfig(
+        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2
+    )
