@@ -196,7 +196,7 @@ class Eva02(Backbone):
         self.patch_embed.proj = nn.Conv2d(cfg.in_chans, dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -227,9 +227,10 @@ class Eva02(Backbone):
         key = (grid, device, dtype)
         if key not in self._rope_cache:
             c = self.config
-            cos, sin = rope_tables(grid, c.embed_dim // c.num_heads, self.num_prefix_tokens, c.rope_ref_grid,
-                                   c.rope_theta)
-            self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
+                cos, sin = rope_tables(grid, c.embed_dim // c.num_heads, self.num_prefix_tokens, c.rope_ref_grid,
+                                       c.rope_theta)
+                self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
