@@ -116,6 +116,8 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     m.add_argument("--dist", dest="dist_mode", choices=["ddp", "fsdp"], default=None,
                    help="under torchrun: DDP (default) or FSDP2 fully_shard")
     m.add_argument("--workers", type=_int_at_least(0), default=None, help="image decoding processes (folders)")
+    m.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for tiny models on busy machines)")
     m.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     m.add_argument("--stop-after", type=_int_at_least(1), default=None, help=S)  # tests: simulate a killed run
 
@@ -244,6 +246,7 @@ def _run_config(args: argparse.Namespace, task: str):
             saved = yaml.safe_load(f.read_text())["config"]
         except Exception as e:  # noqa: BLE001
             raise CliError(f"cannot resume: {f} is not a bettervit run config ({type(e).__name__})") from e
+        saved.pop("stop_after", None)  # a test's simulated kill is not part of the run
         base = RunConfig.from_dict(saved)
         if saved.get("model") != args.model:
             raise CliError(f"cannot resume: {out} is a run of {saved.get('model')}, not {args.model}")

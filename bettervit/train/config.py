@@ -38,12 +38,13 @@ class RunConfig:
     cutmix: float | None = None
     # pretraining
     method: str | None = None  # mae | mim
-    mask_ratio: float = 0.6  # MAE
+    mask_ratio: float | None = None  # None: MAE 0.6, MIM 0.4
     teacher: str | None = None  # MIM
     teacher_checkpoint: str | None = None  # MIM
     # machinery
     seed: int = 0
     workers: int = 2
+    threads: int | None = None  # torch CPU threads; None = torch's default
     device: str = "auto"
     dist_mode: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard)
     progress: bool = True
@@ -71,7 +72,7 @@ class RunConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
         if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"--crop-scale must be MIN,MAX with 0 < MIN <= MAX <= 1, got {self.crop_scale}")
-        if not 0 < self.mask_ratio < 1:
+        if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
             raise ValueError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp}")

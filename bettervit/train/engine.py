@@ -58,16 +58,26 @@ def build_classifier(cfg: RunConfig, num_classes: int, img_size: int) -> nn.Modu
 def build_pretrain_model(cfg: RunConfig, img_size: int) -> nn.Module:
     from .. import create_model
 
+    overrides = {"drop_path_rate": cfg.drop_path} if cfg.drop_path is not None else {}
     if cfg.method == "mae":
-        model = create_model(cfg.model, pretrained=cfg.init or False, img_size=img_size)
-        if not hasattr(model, "decoder_blocks") and "mae" not in cfg.model:
+        from ..pretrain.mae import MaskedAutoencoderHiera
+
+        model = create_model(cfg.model, pretrained=cfg.init or False, img_size=img_size, **overrides)
+        if not isinstance(model, MaskedAutoencoderHiera):
             raise ValueError(f"--method mae needs an MAE model (e.g. mae_hiera_nano), got {cfg.model}")
         return model
     from ..pretrain.mim import build_mim
 
     if not cfg.teacher:
         raise ValueError("--method mim needs --teacher NAME (a bettervit model; its weights via --teacher-checkpoint)")
-    return build_mim(cfg.model, cfg.teacher, teacher_checkpoint=cfg.teacher_checkpoint, img_size=img_size)
+    if cfg.mask_ratio is not None:
+        overrides["mask_ratio"] = cfg.mask_ratio
+    model = build_mim(cfg.model, cfg.teacher, teacher_checkpoint=cfg.teacher_checkpoint, img_size=img_size, **overrides)
+    if cfg.init:
+        from .. import weights
+
+        weights.load_into(model.encoder, weights.load_state_dict(weights.resolve(cfg.init)), source=cfg.init)
+    return model
 
 
 def augment_config(cfg: RunConfig, data: DataBundle) -> AugmentConfig:
@@ -164,6 +174,8 @@ def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, ov
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train or pretrain as configured; returns the run directory. Bad input raises a one-line ValueError before
     anything is written."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = distributed.setup(cfg.device)
     try:
         p = prepare(cfg, info, resume, overwrite)
@@ -255,7 +267,7 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                         loss = soft_cross_entropy(model(xa), target)
                     elif cfg.method == "mae":
                         xa, _ = aug.train_batch(x, y)
-                        loss = model(xa, mask_ratio=cfg.mask_ratio).loss
+                        loss = model(xa, mask_ratio=cfg.mask_ratio or 0.6).loss
                     else:
                         xa, _ = aug.train_batch(x, y)
                         loss = model(xa).loss
@@ -325,8 +337,6 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                 "epoch": epoch + 1,
                 "best_top1": best_top1,
             }
-            if cfg.method == "mim":
-                resume_state["model"] = clean_state_dict(plain.state_dict())
             atomic_save({"model": eval_sd, "meta": meta, "resume": resume_state}, out / "last.pt")
             _log_epoch(row, is_train)
 
@@ -342,11 +352,9 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
 
 
 def _ckpt_source(model: nn.Module, cfg: RunConfig) -> nn.Module:
-    """What a checkpoint's ``model`` holds: the classifier, the MAE model, or the MIM student's encoder."""
-    model = unwrap_model(model)
-    if cfg.method == "mim" and hasattr(model, "student"):
-        return model.student
-    return model
+    """What a checkpoint's ``model`` holds: the classifier, the MAE model, or the MIM model (encoder + mask token +
+    lm_head, the teacher excluded). ``create_model(classifier, pretrained=...)`` picks the encoder out of the last two."""
+    return unwrap_model(model)
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -387,25 +395,24 @@ def _plain(obj):
 
 @torch.no_grad()
 def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig) -> None:
-    """Rows: original | masked | reconstruction, for a fixed set of validation images."""
+    """Rows: original | masked (hidden units grey) | reconstruction, for a fixed set of validation images."""
     from ..pretrain.mae import reconstruct_images
 
     was = model.training
     model.eval()
     g = torch.random.get_rng_state()
     torch.manual_seed(0)  # the same mask every epoch, and the training RNG left untouched
-    out = model(x, mask_ratio=cfg.mask_ratio)
+    out = model(x, mask_ratio=cfg.mask_ratio or 0.6)
     rec = reconstruct_images(model, x, out)
     torch.random.set_rng_state(g)
     model.train(was)
     mean = torch.tensor(data.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(data.std, device=x.device).view(1, 3, 1, 1)
-    rows = [x * std + mean]
-    if isinstance(rec, (tuple, list)):
-        rows += [r * std + mean for r in rec]
-    else:
-        rows += [rec * std + mean]
-    save_image_grid(rows, path)
+    m = model.config.units_side
+    visible = out.mask.view(-1, 1, m, m).float()  # (B, 1, m, m), True = visible (the MAE model's convention)
+    visible = F.interpolate(visible, size=x.shape[-2:], mode="nearest")  # (B, 1, H, W)
+    shown = lambda t: t.float() * std + mean  # noqa: E731 - back to [0, 1] pixels
+    save_image_grid([shown(x), shown(x) * visible + 0.5 * (1 - visible), shown(rec)], path)
 
 
 def save_image_grid(rows: list[Tensor], path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Training: the loop (engine), AdamW groups and schedule (optim), checkpoints, DDP/FSDP (distributed), EMA."""

@@ -1,0 +1,146 @@
+"""Training recipe and run directory: optimizer groups, schedule, checkpoints, learning, exact resume, NaN stop."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import bettervit
+from bettervit.cli import main
+from bettervit.train import checkpoint as ckpt
+from bettervit.train.optim import build_optimizer, cosine_with_warmup, param_groups
+from test_data import make_folder
+
+FAST = ["--model", "hiera_nano", "--img-size", "32", "--no-progress", "--workers", "0", "--threads", "1"]
+
+
+def test_param_groups_decay_and_layer_scale():
+    m = bettervit.create_model("hiera_nano", num_classes=10, img_size=32)
+    groups = param_groups(m, weight_decay=0.05, layer_decay=0.5)
+    skip = m.no_weight_decay()
+    ids, L = m.param_layer_ids(), m.num_layer_ids()
+    seen = set()
+    for g in groups:
+        for n, p in zip(g["names"], g["params"]):
+            seen.add(n)
+            no_decay = p.ndim <= 1 or n in skip
+            assert g["weight_decay"] == (0.0 if no_decay else 0.05), n
+            assert math.isclose(g["lr_scale"], 0.5 ** (L - 1 - ids[n])), n
+    assert seen == {n for n, _ in m.named_parameters()}
+    assert any(g["weight_decay"] == 0 for g in groups) and any(g["weight_decay"] > 0 for g in groups)
+    assert any(n.startswith("pos_embed") or "pos_embed" in n for n in skip)
+    opt = build_optimizer(m, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    assert max(g["lr"] for g in opt.param_groups) == pytest.approx(1e-3)
+    assert min(g["lr"] for g in opt.param_groups) == pytest.approx(1e-3 * 0.5 ** (L - 1))
+
+
+def test_cosine_with_warmup():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = cosine_with_warmup(opt, total_steps=20, warmup_steps=5, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[4] < lrs[5] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:])) and lrs[-1] < 0.05
+
+
+def test_checkpoint_atomic_and_clean(tmp_path):
+    sd = {"_orig_mod.module.a.weight": torch.ones(2), "module.b": torch.zeros(1)}
+    clean = ckpt.clean_state_dict(sd)
+    assert set(clean) == {"a.weight", "b"}
+    ckpt.atomic_save({"model": clean}, tmp_path / "x.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temp file left behind
+    assert torch.equal(ckpt.load_checkpoint(tmp_path / "x.pt")["model"]["a.weight"], torch.ones(2))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "bad.pt")
+    compiled = torch.nn.parallel.DataParallel(torch.nn.Linear(2, 2))
+    assert isinstance(ckpt.unwrap_model(compiled), torch.nn.Linear)
+
+
+def test_short_digits_run_learns(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", *FAST, "--epochs", "2", "--lr", "2e-3", "--output", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s"):
+        assert key in rows[0]
+    assert rows[-1]["val_top1"] > 50 and rows[-1]["val_top1"] > rows[0]["val_top1"] - 5  # chance is 10%
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    for f in ("config.yaml", "metrics.jsonl", "curves.png", "best.pt", "last.pt"):
+        assert (out / f).is_file(), f
+    c = ckpt.load_checkpoint(out / "best.pt")
+    assert c["meta"]["class_names"] == [str(i) for i in range(10)]
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in c["model"])
+    assert str(out) in capsys.readouterr().out
+    # the best checkpoint initialises a new run (--init goes through create_model(pretrained=...))
+    m = bettervit.create_model("hiera_nano", pretrained=str(out / "best.pt"), num_classes=10, img_size=32)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, c["model"][k]), k
+
+
+def _final_weights(path):
+    return ckpt.load_checkpoint(path)["resume"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    data = make_folder(tmp_path / "data", n_per_class=12, size=32, classes=("a", "b", "c"))
+    common = [*FAST, "--data", str(data), "--epochs", "3", "--batch-size", "8", "--ema-decay", "0.9",
+              "--mixup", "0.5", "--cutmix", "0.5", "--accum-steps", "2", "--warmup-epochs", "1"]
+    assert main(["train", *common, "--output", str(tmp_path / "straight")]) == 0
+    assert main(["train", *common, "--output", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert main(["train", "--model", "hiera_nano", "--output", str(tmp_path / "cut"), "--resume",
+                 "--no-progress"]) == 0
+    a, b = _final_weights(tmp_path / "straight" / "last.pt"), _final_weights(tmp_path / "cut" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    ra = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    rb = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["train_loss"] for x in ra] == [json.loads(x)["train_loss"] for x in rb]
+
+
+def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
+    from bettervit.train import engine
+
+    data = make_folder(tmp_path / "data", n_per_class=4, size=32, junk=False)
+    out = tmp_path / "run"
+    args = ["train", *FAST, "--data", str(data), "--epochs", "3", "--batch-size", "4", "--output", str(out)]
+    real = engine.soft_cross_entropy
+    calls = {"n": 0}
+
+    def flaky(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps; epoch 2 diverges
+
+    monkeypatch.setattr(engine, "soft_cross_entropy", flaky)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # earlier lines are the epoch log
+    assert last.startswith("bettervit train: stopped:") and "nan" in last and "last.pt" in last
+    good = ckpt.load_checkpoint(out / "last.pt")
+    assert good["meta"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_recipe_options_run(tmp_path):
+    """bf16 autocast, grad checkpointing, RandAugment + flip, layer decay, label smoothing together."""
+    data = make_folder(tmp_path / "data", n_per_class=4, size=32, junk=False)
+    out = tmp_path / "run"
+    rc = main(["train", *FAST, "--data", str(data), "--epochs", "1", "--batch-size", "4", "--output", str(out),
+               "--amp", "bf16", "--grad-checkpointing", "--layer-decay", "0.75", "--label-smoothing", "0.2",
+               "--randaugment", "2,5", "--hflip", "0.5", "--drop-path", "0.1"])
+    assert rc == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_top1"] <= 100
