@@ -3,43 +3,19 @@
     PYTHONPATH=/work/main /work/refenv/bin/python benchmarks/bench_eva02.py [--models ...] [--batch 8] [--img 224]
 
 For each model: timm's model is built, its state_dict loaded into ours (the key names are the same), and the two are
-timed alternately (so machine noise hits both alike): inference (eval, inference_mode) and a training step (train
-mode, forward + backward of the output's sum). Reports the median img/s of ``--repeats`` runs after ``--warmup``,
-the ratio, and the max abs output difference. timm is optional: without it only bettervit is timed.
+timed alternately by ``bettervit.bench.compare`` (so machine noise hits both alike): inference (eval,
+inference_mode) and a training step (train mode, forward + backward). Reports the median img/s of ``--repeats`` runs
+after ``--warmup``, the ratio, peak memory, and the max abs output difference. timm is optional: without it only
+bettervit is timed.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import bettervit
-
-
-def _step(model: torch.nn.Module, x: torch.Tensor, train: bool) -> None:
-    if train:
-        model.zero_grad(set_to_none=True)
-        model(x).sum().backward()
-    else:
-        with torch.inference_mode():
-            model(x)
-
-
-def compare(models: dict[str, torch.nn.Module], x: torch.Tensor, train: bool, warmup: int, repeats: int) -> dict:
-    """Median img/s of each model, timed in alternation."""
-    for m in models.values():
-        m.train(train)
-        for _ in range(warmup):
-            _step(m, x, train)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t = time.perf_counter()
-            _step(m, x, train)
-            times[k].append(time.perf_counter() - t)
-    return {k: x.shape[0] / statistics.median(v) for k, v in times.items()}
+from bettervit.bench import compare
 
 
 def main() -> None:
@@ -58,8 +34,8 @@ def main() -> None:
         timm = None
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, batch {args.batch}, {args.img}x{args.img}"
           + (f", timm {timm.__version__}" if timm else ", timm not installed"))
-    print("| model | mode | bettervit img/s | timm img/s | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    print("| model | mode | bettervit img/s | timm img/s | speed-up | peak MB (ours / timm) | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
         ours = bettervit.create_model(name, img_size=args.img)
@@ -74,10 +50,12 @@ def main() -> None:
             with torch.inference_mode():
                 diff = (ours.eval()(x) - models["timm"].eval()(x)).abs().max().item()
         for train in (False, True):
-            r = compare(models, x, train, args.warmup, args.repeats)
-            t = r.get("timm", float("nan"))
-            print(f"| {name} | {'train step' if train else 'inference'} | {r['bettervit']:.1f} | {t:.1f} | "
-                  f"{r['bettervit'] / t:.2f}x | {diff:.1e} |", flush=True)
+            r = {res.name: res for res in compare(models, x, train=train, warmup=args.warmup, repeats=args.repeats)}
+            ours_ips = r["bettervit"].img_per_s
+            t = r["timm"].img_per_s if "timm" in r else float("nan")
+            mem = f"{r['bettervit'].peak_mb:.0f} / " + (f"{r['timm'].peak_mb:.0f}" if "timm" in r else "-")
+            print(f"| {name} | {'train step' if train else 'inference'} | {ours_ips:.1f} | {t:.1f} | "
+                  f"{ours_ips / t:.2f}x | {mem} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
