@@ -347,6 +347,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .data.folder import decode_image
 
+    from .registry import get_entry
+
+    get_entry(args.model)  # an unknown name is reported before anything else
     dev = _device(args.device)
     for f in args.images:
         if not Path(f).is_file():

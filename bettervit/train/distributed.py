@@ -82,6 +82,24 @@ def wrap(model: nn.Module, info: DistInfo, mode: str = "ddp") -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
+    """The optimizer's state dict; under FSDP2 gathered to full tensors on the CPU (a collective: call on all ranks)."""
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
+    if not sharded:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+
+
 def weights_fingerprint(model: nn.Module) -> torch.Tensor:
     """A float64 (sum, sum of squares) over all parameters: equal on every rank when the ranks agree."""
     s = torch.zeros(2, dtype=torch.float64)

@@ -192,8 +192,12 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
         if not hasattr(plain, "set_grad_checkpointing"):
             raise ValueError(f"{cfg.model} does not support --grad-checkpointing")
         plain.set_grad_checkpointing(True)
+    st = p.resume_ckpt["resume"] if p.resume_ckpt is not None else None
+    if st is not None:  # full weights into the plain module on every rank, before any sharding
+        plain.load_state_dict(st.get("model") or p.resume_ckpt["model"])
     plain.to(info.device)
     model = distributed.wrap(plain, info, cfg.dist_mode)
+    sharded = cfg.dist_mode == "fsdp" and info.enabled
     if cfg.compile:
         model = torch.compile(model)
 
@@ -208,10 +212,10 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
     aug = DeviceAugment(augment_config(cfg, data), p.img_size, data.mean, data.std, data.num_classes).to(info.device)
 
     start_epoch, best_top1 = 0, -1.0
-    if p.resume_ckpt is not None:
-        st = p.resume_ckpt["resume"]
-        plain.load_state_dict(st.get("model") or p.resume_ckpt["model"])
-        optimizer.load_state_dict(st["optimizer"])
+    if st is not None:
+        if st.get("optimizer_format", "plain") != ("fsdp_full" if sharded else "plain"):
+            raise ValueError("resume with the same --dist (and DDP vs single process is fine; FSDP needs FSDP)")
+        distributed.load_optimizer_state(plain, optimizer, st["optimizer"], sharded)
         scheduler.load_state_dict(st["scheduler"])
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
@@ -321,6 +325,7 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
         # checkpoints: the state dicts first (a collective under FSDP), then only rank 0 writes
         eval_sd = clean_state_dict(_ckpt_source(eval_model, cfg).state_dict())
         raw_sd = clean_state_dict(_ckpt_source(plain, cfg).state_dict()) if ema is not None else None
+        optim_sd = distributed.optimizer_state(plain, optimizer, sharded)
         meta = {**meta_base, "epoch": epoch + 1, "metrics": row}
         if info.is_main:
             rundir.append_metrics(out, row)
@@ -329,7 +334,8 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                 atomic_save({"model": eval_sd, "meta": meta}, out / "best.pt")
             resume_state = {
                 "model": raw_sd,
-                "optimizer": optimizer.state_dict() if cfg.dist_mode != "fsdp" or not info.enabled else None,
+                "optimizer": optim_sd,
+                "optimizer_format": "fsdp_full" if sharded else "plain",
                 "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "scaler": scaler.state_dict() if scaler else None,

@@ -1,0 +1,196 @@
+"""The command line: models table, eval / predict on a trained run, pretraining, bench delegation, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bettervit.cli import main
+from bettervit.train.checkpoint import load_checkpoint
+from test_data import make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--no-progress", "--workers", "0", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One short digits run shared by the eval / predict / bad-input tests."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--model", "hiera_nano", "--img-size", "32", "--epochs", "2", "--lr", "2e-3",
+                 "--output", str(out), *QUICK]) == 0
+    return out
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith(f"bettervit {command}: error:"), err
+    return lines[0]
+
+
+def test_models_table(capsys):
+    assert main(["models", "hiera_n*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["model", "family", "img"]
+    row = next(r for r in out if r.startswith("hiera_nano "))
+    params, gmacs = float(row.split()[3]), float(row.split()[4])
+    assert 0.5 < params < 5 and 0 < gmacs < 1
+
+
+def test_models_counts_full_size_on_meta(capsys):
+    from bettervit.cli import count_model
+
+    info = count_model("hiera_tiny_224")
+    assert info["params_m"] == pytest.approx(27.91, abs=0.01)
+    assert info["gmacs"] == pytest.approx(4.91, rel=0.02)
+
+
+def test_eval_and_predict(digits_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--model", "hiera_nano", "--checkpoint", str(digits_run / "best.pt"), "--workers", "0"]) == 0
+    line = capsys.readouterr().out.strip()
+    top1 = float(line.split()[1].rstrip("%"))
+    best = max(json.loads(r)["val_top1"] for r in (digits_run / "metrics.jsonl").read_text().splitlines())
+    assert top1 == pytest.approx(best, abs=0.006) and "top-5" in line
+
+    # a digit from the validation split, saved as an ordinary PNG
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = tmp_path / "digit.png"
+    Image.fromarray((d.images[-1] / 16 * 255).astype(np.uint8)).resize((32, 32), Image.BILINEAR).save(img)
+    assert main(["predict", "--model", "hiera_nano", "--checkpoint", str(digits_run / "best.pt"), "--topk", "3",
+                 str(img)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == f"{img}:" and len(out) == 4
+    probs = [float(r.split()[0].rstrip("%")) for r in out[1:]]
+    names = [r.split()[1] for r in out[1:]]
+    assert probs == sorted(probs, reverse=True) and all(n in [str(i) for i in range(10)] for n in names)
+
+
+def test_train_init_from_run(digits_run, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["train", "--model", "hiera_nano", "--img-size", "32", "--epochs", "1", "--init",
+                 str(digits_run / "best.pt"), "--layer-decay", "0.8", "--output", str(out), *QUICK]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["val_top1"] > 50  # started from the trained weights, not from scratch
+
+
+def test_pretrain_mae_loss_falls_and_init(tmp_path):
+    data = make_folder(tmp_path / "data", n_per_class=8, size=64, junk=False)
+    out = tmp_path / "mae"
+    assert main(["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data", str(data), "--epochs", "4",
+                 "--batch-size", "8", "--lr", "3e-3", "--warmup-epochs", "0", "--output", str(out), *QUICK]) == 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    png = Image.open(out / "mae_epoch004.png")
+    assert png.size == (8 * 64, 3 * 64)  # 8 images; rows original | masked | reconstruction
+    # the encoder initialises a classifier
+    ft = tmp_path / "ft"
+    assert main(["train", "--model", "hiera_nano", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                 "--init", str(out / "last.pt"), "--output", str(ft), *QUICK]) == 0
+    mae = load_checkpoint(out / "last.pt")["model"]
+    import bettervit
+
+    clf = bettervit.create_model("hiera_nano", pretrained=str(out / "last.pt"), num_classes=2)
+    assert torch.equal(clf.state_dict()["blocks.0.attn.qkv.weight"], mae["blocks.0.attn.qkv.weight"])
+
+
+def test_pretrain_mim_loss_falls(tmp_path):
+    data = make_folder(tmp_path / "data", n_per_class=8, size=56, junk=False)
+    out = tmp_path / "mim"
+    assert main(["pretrain", "--method", "mim", "--model", "eva02_tiny_patch14_224", "--teacher",
+                 "eva02_tiny_patch14_224", "--img-size", "56", "--data", str(data), "--epochs", "3", "--batch-size",
+                 "8", "--lr", "2e-3", "--warmup-epochs", "0", "--output", str(out), *QUICK]) == 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    import bettervit
+
+    clf = bettervit.create_model("eva02_tiny_patch14_224", pretrained=str(out / "last.pt"), num_classes=2,
+                                 img_size=56)
+    sd = load_checkpoint(out / "last.pt")["model"]
+    k = next(k for k in clf.state_dict() if k.endswith("attn.qkv.weight") or k.endswith("attn.q_proj.weight"))
+    assert torch.equal(clf.state_dict()[k], sd["encoder." + k])
+
+
+def test_bench_delegates(monkeypatch):
+    calls = []
+    fake = types.ModuleType("bettervit.bench")
+    fake.run_benchmark = lambda model, batch_size, img_size, repeats, train: calls.append(
+        (model, batch_size, img_size, repeats, train))
+    monkeypatch.setitem(sys.modules, "bettervit.bench", fake)
+    assert main(["bench", "--model", "hiera_nano", "--batch-size", "2", "--img-size", "64", "--repeats", "3",
+                 "--no-train"]) == 0
+    assert calls == [("hiera_nano", 2, 64, 3, False)]
+
+
+# --- bad input: exit 2, one line on stderr, no traceback, nothing written ---------------------------------------
+BAD = [
+    (["train", "--model", "hiera_nanoo"], "unknown model"),
+    (["eval", "--model", "nope", "--checkpoint", "x.pt"], "unknown model"),
+    (["predict", "--model", "nope", "--checkpoint", "{ckpt}", "img.png"], "unknown model"),
+    (["train", "--model", "hiera_nano", "--data", "/no/such/dir"], "not found"),
+    (["train", "--model", "hiera_nano", "--data", "{empty}"], "train/"),
+    (["train", "--model", "hiera_nano", "--epochs", "0"], "epochs"),
+    (["train", "--model", "hiera_nano", "--lr", "-1"], "lr"),
+    (["train", "--model", "hiera_nano", "--crop-scale", "big"], "crop-scale"),
+    (["train", "--model", "hiera_nano", "--amp", "fp8"], "amp"),
+    (["train", "--model", "hiera_nano", "--img-size", "48"], "multiple"),
+    (["train", "--model", "hiera_nano", "--init", "{garbage}"], "cannot read checkpoint"),
+    (["train", "--model", "hiera_nano", "--resume"], "cannot resume"),
+    (["eval", "--model", "hiera_nano", "--checkpoint", "{garbage}"], "cannot read checkpoint"),
+    (["eval", "--model", "hiera_nano", "--checkpoint", "/no/such.pt"], "not found"),
+    (["predict", "--model", "hiera_nano", "--checkpoint", "{ckpt}", "/no/such.png"], "image not found"),
+    (["predict", "--model", "hiera_nano", "--checkpoint", "{ckpt}", "{garbage}"], "cannot read image"),
+    (["pretrain", "--method", "mae", "--model", "hiera_nano"], "MAE model"),
+    (["pretrain", "--method", "mim", "--model", "eva02_tiny_patch14_224"], "teacher"),
+    (["nonsense"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(BAD)])
+def test_bad_input(argv, needle, digits_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    subs = {"{ckpt}": str(digits_run / "best.pt"), "{empty}": str(tmp_path / "empty"),
+            "{garbage}": str(tmp_path / "garbage.pt")}
+    argv = [subs.get(a, a) for a in argv]
+    before = {p: p.stat().st_mtime_ns for p in digits_run.iterdir()}
+    capsys.readouterr()
+    assert main(argv + (QUICK if argv[0] in ("train", "pretrain") else [])) == 2
+    cap = capsys.readouterr()
+    line = [ln for ln in cap.err.strip().splitlines() if ln.strip()]
+    assert len(line) == 1 and "Traceback" not in cap.err, cap.err
+    assert needle in line[0], line[0]
+    assert not (tmp_path / "runs").exists()  # nothing written
+    assert {p: p.stat().st_mtime_ns for p in digits_run.iterdir()} == before
+
+
+def test_existing_run_dir_is_not_overwritten(digits_run, capsys):
+    before = {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--model", "hiera_nano", "--img-size", "32", "--output", str(digits_run), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in _one_error_line(err, "train") and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file()} == before
+
+
+def test_subprocess_error_is_one_line(tmp_path):
+    """A real process: python -m bettervit with an unknown model -> exit 2, one stderr line, nothing written."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "bettervit", "train", "--model", "maxvit_tinyy"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    line = _one_error_line(r.stderr, "train")
+    assert "maxvit_tiny" in line  # the closest names are suggested
+    assert list(tmp_path.iterdir()) == []
