@@ -261,36 +261,46 @@ def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
     cfg = _run_config(args, task)
     out = run(cfg, resume=args.resume, overwrite=args.overwrite)
     if _is_main():
+        from .train.rundir import read_metrics
+
+        rows = read_metrics(out)
+        if rows and "val_top1" in rows[-1]:
+            best = max(rows, key=lambda r: r["val_top1"])
+            print(f"best val top-1 {best['val_top1']:.2f}% (epoch {best['epoch']}), last {rows[-1]['val_top1']:.2f}%")
+        elif rows:
+            print(f"train loss {rows[0]['train_loss']:.4f} (epoch 1) -> {rows[-1]['train_loss']:.4f} "
+                  f"(epoch {rows[-1]['epoch']})")
         print(f"run directory: {out}")
     return 0
 
 
-def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: int | None, img_size: int | None,
-                        device):
-    """(model, meta) from a run checkpoint (class names, preprocessing) or any file create_model accepts."""
-    import torch
-
-    from . import create_model, weights
+def _read_weights(checkpoint: str) -> tuple[dict, dict]:
+    """(state_dict, meta) of a run checkpoint (meta: class names, preprocessing) or any weight file (meta {})."""
+    from . import weights
     from .train.checkpoint import load_checkpoint
 
-    meta = {}
+    if not Path(checkpoint).is_file():
+        raise CliError(f"checkpoint not found: {checkpoint}")
+    if checkpoint.endswith(".safetensors"):
+        return weights.load_state_dict(checkpoint), {}
+    raw = load_checkpoint(checkpoint)
+    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
+    return weights.unwrap(raw, checkpoint), meta
+
+
+def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: int | None, img_size: int | None,
+                        device, loaded: tuple[dict, dict] | None = None):
+    """(model in eval mode, meta); without a checkpoint, the model's released weights."""
+    from . import create_model, weights
+
     if checkpoint is None:
-        model = create_model(model_name, pretrained=True, img_size=img_size)
-    else:
-        if not Path(checkpoint).is_file():
-            raise CliError(f"checkpoint not found: {checkpoint}")
-        if checkpoint.endswith(".safetensors"):
-            sd = weights.load_state_dict(checkpoint)
-        else:
-            raw = load_checkpoint(checkpoint)
-            meta = raw.get("meta", {}) if isinstance(raw.get("meta"), dict) else {}
-            sd = weights.unwrap(raw, checkpoint)
-        names = meta.get("class_names")
-        if names is not None:
-            num_classes = len(names)
-        img_size = img_size or (meta.get("preprocess") or {}).get("img_size")
-        model = create_model(model_name, num_classes=num_classes, img_size=img_size)
-        weights.load_into(model, sd, source=checkpoint)
+        return create_model(model_name, pretrained=True, img_size=img_size).to(device).eval(), {}
+    sd, meta = loaded or _read_weights(checkpoint)
+    if meta.get("class_names") is not None:
+        num_classes = len(meta["class_names"])
+    img_size = img_size or (meta.get("preprocess") or {}).get("img_size")
+    model = create_model(model_name, num_classes=num_classes, img_size=img_size)
+    weights.load_into(model, sd, source=checkpoint)
     return model.to(device).eval(), meta
 
 
@@ -309,36 +319,33 @@ def _device(name: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import build_data
     from .data.augment import AugmentConfig, DeviceAugment
     from .train import distributed
     from .train.engine import default_img_size, evaluate
 
+    default_img_size(args.model)  # an unknown model is reported before the checkpoint or data are read
     dev = _device(args.device)
-    default_img_size(args.model)  # unknown model -> one-line error before the data is read
-    import torch
-
-    # the checkpoint's class names and size decide the model; the data must have the same classes
-    from .train.checkpoint import load_checkpoint
-
-    meta = {}
-    if Path(args.checkpoint).is_file() and not args.checkpoint.endswith(".safetensors"):
-        meta = load_checkpoint(args.checkpoint).get("meta", {}) or {}
-    elif not Path(args.checkpoint).is_file():
-        raise CliError(f"checkpoint not found: {args.checkpoint}")
+    loaded = _read_weights(args.checkpoint)
+    meta = loaded[1]
     img_size = args.img_size or (meta.get("preprocess") or {}).get("img_size") or default_img_size(args.model)
     data = build_data(args.data, img_size)
-    if meta.get("class_names") is not None and list(meta["class_names"]) != data.class_names:
-        raise CliError(f"{args.data}: classes {data.class_names[:5]}... differ from the checkpoint's "
-                       f"{list(meta['class_names'])[:5]}...")
-    model, _ = _load_for_inference(args.model, args.checkpoint, data.num_classes, img_size, dev)
+    names = meta.get("class_names")
+    if names is not None and list(names) != data.class_names:
+        raise CliError(f"{data.name} has classes {_short(data.class_names)}, the checkpoint {_short(list(names))}")
+    model, _ = _load_for_inference(args.model, args.checkpoint, data.num_classes, img_size, dev, loaded)
     aug = DeviceAugment(AugmentConfig.for_data(data.name), img_size, data.mean, data.std, data.num_classes).to(dev)
-    info = distributed.DistInfo(device=dev)
     with torch.inference_mode():
-        r = evaluate(model, data, aug, info, args.batch_size, workers=args.workers)
+        r = evaluate(model, data, aug, distributed.DistInfo(device=dev), args.batch_size, workers=args.workers)
     print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
           f"({r['n']} images, {data.name} val)")
     return 0
+
+
+def _short(names: list[str], n: int = 4) -> str:
+    return "[" + ", ".join(names[:n]) + (", ...]" if len(names) > n else "]")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

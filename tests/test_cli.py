@@ -194,3 +194,20 @@ def test_subprocess_error_is_one_line(tmp_path):
     line = _one_error_line(r.stderr, "train")
     assert "maxvit_tiny" in line  # the closest names are suggested
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_rejects_other_classes(digits_run, tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n_per_class=2, size=32, junk=False)
+    capsys.readouterr()
+    assert main(["eval", "--model", "hiera_nano", "--checkpoint", str(digits_run / "best.pt"), "--data", str(data),
+                 "--workers", "0"]) == 2
+    assert "classes" in _one_error_line(capsys.readouterr().err, "eval")
+
+
+def test_init_that_does_not_fit_is_bad_input(digits_run, tmp_path, capsys):
+    capsys.readouterr()
+    rc = main(["train", "--model", "maxvit_nano", "--img-size", "64", "--init", str(digits_run / "best.pt"),
+               "--output", str(tmp_path / "x"), *QUICK])
+    assert rc == 2
+    assert "does not fit" in _one_error_line(capsys.readouterr().err, "train")
+    assert not (tmp_path / "x").exists()

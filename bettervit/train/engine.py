@@ -246,7 +246,10 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                      "skipped_files": data.skipped, "img_size": p.img_size},
             "world_size": info.world,
         })
-        log.info("run directory: %s", out)
+        log.info("%s %s on %s (%d train / %d val images, %d px) -> %s", cfg.task, cfg.model, data.name,
+                 data.size("train"), data.size("val"), p.img_size, out)
+        if data.skipped:
+            log.info("skipped %d unreadable or non-image file(s)", data.skipped)
 
     fixed_val = None
     if cfg.method == "mae" and info.is_main:
