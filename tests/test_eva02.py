@@ -126,8 +126,8 @@ def test_rope_and_pos_embed_are_cached_per_grid():
     assert grids == {(4, 4), (4, 6)}
     assert {k[0] for k in model._pos_cache} == {(4, 4), (4, 6)}
     cos, sin = model.rope((4, 4), torch.device("cpu"), torch.float32)
-    assert cos.shape == sin.shape == (1 + 16, 64)
-    assert torch.equal(cos[0], torch.ones(64)) and torch.equal(sin[0], torch.zeros(64))  # class token not rotated
+    assert cos.shape == sin.shape == (1 + 16, 1, 64)  # broadcasts over heads
+    assert torch.equal(cos[0, 0], torch.ones(64)) and torch.equal(sin[0, 0], torch.zeros(64))  # class token not rotated
     # a learned position embedding update invalidates the resized copy
     with torch.no_grad():
         before = model(torch.ones(1, 3, 56, 56))

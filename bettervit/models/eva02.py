@@ -94,7 +94,7 @@ def rope_tables(
 
 
 def rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """Apply RoPE to x (..., N, hd): pair (a, b) -> (a cos - b sin, b cos + a sin)."""
+    """Apply RoPE to x (..., hd) with tables broadcasting to it: pair (a, b) -> (a cos - b sin, b cos + a sin)."""
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (..., N, hd): [b0, a0, b1, a1, ...]
     return torch.addcmul(x * cos, swapped, signed_sin)
 
@@ -121,18 +121,26 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        """x (B, N, C), rope = (cos, signed sin) tables (N, 1, hd) -> (B, N, C).
+
+        RoPE is applied while tokens are still (B, N, ..., nh, hd) (the tables broadcast over heads), and q, k, v
+        reach SDPA as (B, nh, N, hd) views with contiguous head vectors, the layout its fused CPU/CUDA kernels read
+        directly; forcing fully contiguous copies measured ~20% slower per training step on CPU.
+        """
         B, N, C = x.shape
         nh, hd = self.num_heads, self.head_dim
         if self.fused:
             bias = torch.cat([self.q_bias, self.k_bias, self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, N, hd)
-            qk = rotate(qkv[:2], *rope).contiguous()  # (2, B, nh, N, hd), one pass for q and k
-            q, k = qk.unbind(0)
-            v = qkv[2].contiguous()  # (B, nh, N, hd)
+            qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, nh, hd)
+            qk, v = qkv.split([2, 1], dim=2)  # split, not slicing: its backward is one cat, no zero-filled buffers
+            cos, sin = rope
+            qk = rotate(qk, cos.unsqueeze(1), sin.unsqueeze(1))  # (B, N, 2, nh, hd), q and k in one pass
+            q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, N, hd)
+            v = v.squeeze(2).transpose(1, 2)  # (B, nh, N, hd)
         else:
-            q = rotate(self.q_proj(x).view(B, N, nh, hd).transpose(1, 2), *rope).contiguous()  # (B, nh, N, hd)
-            k = rotate(self.k_proj(x).view(B, N, nh, hd).transpose(1, 2), *rope).contiguous()
-            v = self.v_proj(x).view(B, N, nh, hd).transpose(1, 2).contiguous()
+            q = rotate(self.q_proj(x).view(B, N, nh, hd), *rope).transpose(1, 2)  # (B, nh, N, hd)
+            k = rotate(self.k_proj(x).view(B, N, nh, hd), *rope).transpose(1, 2)
+            v = self.v_proj(x).view(B, N, nh, hd).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -223,14 +231,14 @@ class Eva02(Backbone):
 
     # --- position embeddings for the actual grid ------------------------------------------------------------------
     def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """RoPE (cos, signed sin) tables for ``grid``, built once per (grid, device, dtype)."""
+        """RoPE (cos, signed sin) tables (1 + h*w, 1, hd) for ``grid``, built once per (grid, device, dtype)."""
         key = (grid, device, dtype)
         if key not in self._rope_cache:
             c = self.config
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
                 cos, sin = rope_tables(grid, c.embed_dim // c.num_heads, self.num_prefix_tokens, c.rope_ref_grid,
                                        c.rope_theta)
-                self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
+                self._rope_cache[key] = (cos.to(device, dtype).unsqueeze(1), sin.to(device, dtype).unsqueeze(1))
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
