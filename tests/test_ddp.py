@@ -21,7 +21,7 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_ddp_two_processes_agree(tmp_path):
+def test_ddp_two_processes_agree(tmp_path, capsys):
     r = torchrun(["--epochs", "1", "--batch-size", "32", "--output", "run"], tmp_path)
     assert r.returncode == 0, [ln for ln in r.stderr.splitlines() if "error" in ln.lower()][:5]
     assert "ranks agree" in r.stderr and "DISAGREE" not in r.stderr
@@ -30,6 +30,14 @@ def test_ddp_two_processes_agree(tmp_path):
     assert len(rows) == 1 and rows[0]["val_top1"] > 20  # one writer; it learned something in one epoch
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]
+    # the ranks' shards of the 359 val images (180 + 179, one padded) add up to a single-process evaluation
+    from bettervit.cli import main
+
+    assert main(["eval", "--model", "hiera_nano", "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                 "--workers", "0"]) == 0
+    line = capsys.readouterr().out
+    assert float(line.split()[1].rstrip("%")) == pytest.approx(rows[0]["val_top1"], abs=0.006)
+    assert "(359 images" in line
 
 
 @pytest.mark.filterwarnings("ignore")

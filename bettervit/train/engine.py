@@ -116,16 +116,23 @@ def evaluate(model: nn.Module, data: DataBundle, aug: DeviceAugment, info: distr
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, n
     k = min(5, data.num_classes)
     idx = data.indices(split, 0, 0, info.rank, info.world, shuffle=False)
+    # every rank runs the same number of equal batches (FSDP gathers weights collectively in each forward):
+    # pad the shorter shards with a repeat of their last sample and give the padding weight 0
+    n_valid, per_rank = len(idx), -(-data.size(split) // info.world)
+    idx = idx + [idx[-1] if idx else 0] * (per_rank - n_valid)
+    seen = 0
     for x, y in data.batches(split, idx, batch_size, workers):
         x, y = aug.eval_batch(x.to(info.device)), y.to(info.device)
+        w = (torch.arange(seen, seen + len(y), device=info.device) < n_valid).double()  # (B,) 0 on padding
+        seen += len(y)
         with autocast(cfg, info.device) if cfg else contextlib.nullcontext():
             logits = model(x)
         logits = logits.float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[0] += (F.cross_entropy(logits, y, reduction="none").double() * w).sum()
         topk = logits.topk(k, dim=-1).indices  # (B, k)
-        sums[1] += (topk[:, 0] == y).sum()
-        sums[2] += (topk == y[:, None]).any(-1).sum()
-        sums[3] += len(y)
+        sums[1] += ((topk[:, 0] == y).double() * w).sum()
+        sums[2] += ((topk == y[:, None]).any(-1).double() * w).sum()
+        sums[3] += w.sum()
     distributed.all_reduce_sum(sums, info)
     model.train(was_training)
     n = max(1.0, sums[3].item())
@@ -251,8 +258,8 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
         if data.skipped:
             log.info("skipped %d unreadable or non-image file(s)", data.skipped)
 
-    fixed_val = None
-    if cfg.method == "mae" and info.is_main:
+    fixed_val = None  # MAE: the images of the reconstruction PNG (every rank runs the forward: FSDP needs it)
+    if cfg.method == "mae":
         vx, _ = next(data.batches("val", list(range(min(8, data.size("val")))), 8))
         fixed_val = aug.eval_batch(vx.to(info.device))
 
@@ -322,8 +329,8 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
             row["best_top1"] = best_top1
         else:
             improved = True
-        if info.is_main and fixed_val is not None:
-            _save_mae_png(plain, fixed_val, out / f"mae_epoch{epoch + 1:03d}.png", data, cfg)
+        if fixed_val is not None:
+            _save_mae_png(plain, fixed_val, out / f"mae_epoch{epoch + 1:03d}.png", data, cfg, write=info.is_main)
 
         # checkpoints: the state dicts first (a collective under FSDP), then only rank 0 writes
         eval_sd = clean_state_dict(_ckpt_source(eval_model, cfg).state_dict())
@@ -403,7 +410,7 @@ def _plain(obj):
 
 
 @torch.no_grad()
-def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig) -> None:
+def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig, write: bool) -> None:
     """Rows: original | masked (hidden units grey) | reconstruction, for a fixed set of validation images."""
     from ..pretrain.mae import reconstruct_images
 
@@ -415,6 +422,8 @@ def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg
     rec = reconstruct_images(model, x, out)
     torch.random.set_rng_state(g)
     model.train(was)
+    if not write:
+        return
     mean = torch.tensor(data.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(data.std, device=x.device).view(1, 3, 1, 1)
     m = model.config.units_side
