@@ -153,6 +153,8 @@ BAD = [
     (["predict", "--model", "hiera_nano", "--checkpoint", "{ckpt}", "{garbage}"], "cannot read image"),
     (["pretrain", "--method", "mae", "--model", "hiera_nano"], "MAE model"),
     (["pretrain", "--method", "mim", "--model", "eva02_tiny_patch14_224"], "teacher"),
+    (["train", "--model", "hiera_nano", "--output", "{run}", "--resume", "--img-size", "64"], "cannot resume"),
+    (["train", "--model", "maxvit_nano", "--output", "{run}", "--resume"], "cannot resume"),
     (["nonsense"], "invalid choice"),
 ]
 
@@ -163,7 +165,7 @@ def test_bad_input(argv, needle, digits_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
     subs = {"{ckpt}": str(digits_run / "best.pt"), "{empty}": str(tmp_path / "empty"),
-            "{garbage}": str(tmp_path / "garbage.pt")}
+            "{garbage}": str(tmp_path / "garbage.pt"), "{run}": str(digits_run)}
     argv = [subs.get(a, a) for a in argv]
     before = {p: p.stat().st_mtime_ns for p in digits_run.iterdir()}
     capsys.readouterr()

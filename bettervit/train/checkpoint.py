@@ -3,7 +3,8 @@
 A checkpoint is a dict saved with ``torch.save``:
 - ``model``: the weights the logged validation numbers belong to (the EMA weights when EMA is on), with the plain
   module's key names (never ``module.`` or ``_orig_mod.``), so ``create_model(name, pretrained=path)`` and
-  ``train --init path`` read it directly;
+  ``train --init path`` read it directly. Pretraining stores the MAE model, or the MIM model (``encoder.``,
+  ``mask_token``, ``lm_head.``; never the teacher); the classifier's ``convert_checkpoint`` picks the encoder out;
 - ``meta``: model name, class names, preprocessing, epoch, metrics and the merged config (plain Python types);
 - ``resume`` (last checkpoint only): raw weights, optimizer, scheduler, EMA, grad scaler and RNG states.
 """

@@ -201,7 +201,11 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
         plain.set_grad_checkpointing(True)
     st = p.resume_ckpt["resume"] if p.resume_ckpt is not None else None
     if st is not None:  # full weights into the plain module on every rank, before any sharding
-        plain.load_state_dict(st.get("model") or p.resume_ckpt["model"])
+        try:
+            plain.load_state_dict(st.get("model") or p.resume_ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(f"cannot resume {out}: its weights do not fit the model as configured now "
+                             f"({str(e).splitlines()[0]})") from e
     plain.to(info.device)
     model = distributed.wrap(plain, info, cfg.dist_mode)
     sharded = cfg.dist_mode == "fsdp" and info.enabled
@@ -220,8 +224,10 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
 
     start_epoch, best_top1 = 0, -1.0
     if st is not None:
-        if st.get("optimizer_format", "plain") != ("fsdp_full" if sharded else "plain"):
-            raise ValueError("resume with the same --dist (and DDP vs single process is fine; FSDP needs FSDP)")
+        saved_fsdp = st.get("optimizer_format") == "fsdp_full"
+        if saved_fsdp != sharded:
+            raise ValueError(f"{out} was saved {'with' if saved_fsdp else 'without'} --dist fsdp under torchrun; "
+                             f"resume it the same way")
         distributed.load_optimizer_state(plain, optimizer, st["optimizer"], sharded)
         scheduler.load_state_dict(st["scheduler"])
         if ema is not None and st.get("ema") is not None:
@@ -333,8 +339,8 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
             _save_mae_png(plain, fixed_val, out / f"mae_epoch{epoch + 1:03d}.png", data, cfg, write=info.is_main)
 
         # checkpoints: the state dicts first (a collective under FSDP), then only rank 0 writes
-        eval_sd = clean_state_dict(_ckpt_source(eval_model, cfg).state_dict())
-        raw_sd = clean_state_dict(_ckpt_source(plain, cfg).state_dict()) if ema is not None else None
+        eval_sd = clean_state_dict(unwrap_model(eval_model).state_dict())
+        raw_sd = clean_state_dict(unwrap_model(plain).state_dict()) if ema is not None else None
         optim_sd = distributed.optimizer_state(plain, optimizer, sharded)
         meta = {**meta_base, "epoch": epoch + 1, "metrics": row}
         if info.is_main:
@@ -365,12 +371,6 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
     if info.enabled and not agree:
         raise RuntimeError("ranks ended with different weights")
     return out
-
-
-def _ckpt_source(model: nn.Module, cfg: RunConfig) -> nn.Module:
-    """What a checkpoint's ``model`` holds: the classifier, the MAE model, or the MIM model (encoder + mask token +
-    lm_head, the teacher excluded). ``create_model(classifier, pretrained=...)`` picks the encoder out of the last two."""
-    return unwrap_model(model)
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
