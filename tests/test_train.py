@@ -85,28 +85,54 @@ def test_short_digits_run_learns(tmp_path, capsys):
         assert torch.equal(v, c["model"][k]), k
 
 
-def _final_weights(path):
-    return ckpt.load_checkpoint(path)["resume"]
+def _same_weights(a_path, b_path) -> None:
+    a, b = ckpt.load_checkpoint(a_path), ckpt.load_checkpoint(b_path)
+    assert a["meta"]["epoch"] == b["meta"]["epoch"]
+    for part in ("model", "ema"):  # the evaluated (EMA) weights and the raw training weights
+        sa = a["resume"]["model"] if part == "model" else a["resume"]["ema"]
+        sb = b["resume"]["model"] if part == "model" else b["resume"]["ema"]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), (part, k)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    data = make_folder(tmp_path / "data", n_per_class=12, size=32, classes=("a", "b", "c"))
+    """Stopped after epoch 1 (--stop-after), and killed with SIGKILL during a later epoch: both resumed runs end
+    with exactly the weights (raw and EMA) and losses of the run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data = make_folder(tmp_path / "data", n_per_class=16, size=32, classes=("a", "b", "c"))
     common = [*FAST, "--data", str(data), "--epochs", "3", "--batch-size", "8", "--ema-decay", "0.9",
               "--mixup", "0.5", "--cutmix", "0.5", "--accum-steps", "2", "--warmup-epochs", "1"]
+    resume = ["train", "--model", "hiera_nano", "--resume", "--no-progress", "--output"]
     assert main(["train", *common, "--output", str(tmp_path / "straight")]) == 0
+
     assert main(["train", *common, "--output", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
-    assert main(["train", "--model", "hiera_nano", "--output", str(tmp_path / "cut"), "--resume",
-                 "--no-progress"]) == 0
-    a, b = _final_weights(tmp_path / "straight" / "last.pt"), _final_weights(tmp_path / "cut" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 3
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert main([*resume, str(tmp_path / "cut")]) == 0
+    _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "cut" / "last.pt")
     ra = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     rb = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["train_loss"] for x in ra] == [json.loads(x)["train_loss"] for x in rb]
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bettervit", "train", *common, "--output", str(tmp_path / "kill")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "kill" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # right after epoch 1's checkpoint: epoch 2 is under way
+    proc.wait()
+    assert ckpt.load_checkpoint(tmp_path / "kill" / "last.pt")["meta"]["epoch"] < 3
+    assert main([*resume, str(tmp_path / "kill")]) == 0
+    _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "kill" / "last.pt")
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "kill" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
