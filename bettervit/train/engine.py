@@ -292,6 +292,10 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                         xa, _ = aug.train_batch(x, y)
                         loss = model(xa).loss
                 lv = float(loss.detach())
+                if info.enabled:  # every rank stops together: a NaN on one rank makes the sum NaN on all
+                    ok = torch.tensor([0.0 if math.isfinite(lv) else 1.0], device=info.device)
+                    if distributed.all_reduce_sum(ok, info).item() > 0 and math.isfinite(lv):
+                        lv = float("nan")
                 if not math.isfinite(lv):
                     if pbar is not None:
                         pbar.close()
