@@ -173,7 +173,7 @@ class RelPosBias(nn.Module):
         super().__init__()
         self.window = window
         self.relative_position_bias_table = nn.Parameter(torch.zeros(heads, 2 * window - 1, 2 * window - 1))
-        self.register_buffer("index", self._make_index(window), persistent=False)
+        self._index: Tensor | None = None  # built lazily per device (not a buffer, so meta-device builds stay cheap)
         self._cache = _VersionedCache()
 
     @staticmethod
@@ -186,8 +186,10 @@ class RelPosBias(nn.Module):
 
     def _gather(self) -> Tensor:
         t = self.relative_position_bias_table
+        if self._index is None or self._index.device != t.device:
+            self._index = self._make_index(self.window).to(t.device)
         n = self.window**2
-        return t.flatten(1)[:, self.index].view(t.shape[0], n, n)  # (heads, N, N)
+        return t.flatten(1)[:, self._index].view(t.shape[0], n, n)  # (heads, N, N)
 
     def forward(self) -> Tensor:
         if _use_cache(self.relative_position_bias_table):
@@ -395,19 +397,23 @@ _SIZES = {
     "large": dict(embed_dims=(128, 256, 512, 1024), depths=(2, 6, 14, 2), stem_width=128),
     "xlarge": dict(embed_dims=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width=192),
 }
-# xlarge has no ImageNet-1k-only weights; timm's default tag is the IN-21k fine-tuned one.
+# xlarge has no ImageNet-1k-only weights: at 384/512 timm's default is the IN-21k fine-tuned one, and at 224 it is
+# the IN-21k model itself, with 21843 classes (as timm builds it).
 _TAG = {"tiny": "in1k", "small": "in1k", "base": "in1k", "large": "in1k", "xlarge": "in21k_ft_in1k"}
 
 
 def _register(size: str, res: int) -> None:
     name = f"maxvit_{size}_tf_{res}"
 
+    in21k = size == "xlarge" and res == 224
+
     def variant() -> MaxViTConfig:
-        return MaxViTConfig(img_size=res, **_SIZES[size])
+        return MaxViTConfig(img_size=res, num_classes=21843 if in21k else 1000, **_SIZES[size])
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = f"MaxViT-{size[0].upper()} at {res}x{res} (window {res // 32})."
-    register_model(MaxViT, weights=f"timm/{name}.{_TAG[size]}", family="maxvit")(variant)
+    tag = "in21k" if in21k else _TAG[size]
+    register_model(MaxViT, weights=f"timm/{name}.{tag}", family="maxvit")(variant)
 
 
 for _size in _SIZES:

@@ -14,28 +14,42 @@ Rule, for a tensor named ``name`` with ``n`` elements (u in [0, 1) from a 32-bit
   - everything else (biases, tokens, position embeddings, bias tables) -> 0.2 * (u - 0.5)
 The model input is ``golden_input(shape)`` = 2 * (2u - 1) under the name "input".
 
-This file imports nothing but torch and zlib, so the reference environment can use it without bettervit.
+This file imports nothing but torch, numpy and zlib, so the reference environment can use it without bettervit.
 """
 from __future__ import annotations
 
 import math
 import zlib
 
+import numpy as np
 import torch
 
 _MASK = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # a well-mixing odd constant < 2**31, so products stay inside int64
 
 
-def uniform01(name: str, n: int) -> torch.Tensor:
-    """n float64 values in [0, 1), a pure function of ``name`` and the index."""
+def uniform01(name: str, n: int) -> np.ndarray:
+    """n float64 values in [0, 1), a pure function of ``name`` and the index.
+
+    h = mix(mix(mix(i + crc32(name)))), mix(h) = ((h >> 16) ^ h) * 0x45D9F3B mod 2**32, then (h >> 16) ^ h; u = h / 2**32.
+    Computed in cache-sized chunks of uint32, whose multiplication wraps mod 2**32 by definition.
+    """
     seed = zlib.crc32(name.encode())
-    h = (torch.arange(n, dtype=torch.int64) + seed) & _MASK
-    for _ in range(3):
-        h = ((h >> 16) ^ h) & _MASK
-        h = (h * _MUL) & _MASK
-    h = ((h >> 16) ^ h) & _MASK
-    return h.to(torch.float64) / 2.0**32
+    out = np.empty(n, dtype=np.float64)
+    chunk = 1 << 16
+    t = np.empty(min(n, chunk), dtype=np.uint32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        h = (np.arange(start, start + m, dtype=np.uint64) + seed).astype(np.uint32)  # (i + seed) mod 2**32
+        tt = t[:m]
+        for _ in range(3):
+            np.right_shift(h, 16, out=tt)
+            h ^= tt
+            h *= np.uint32(_MUL)
+        np.right_shift(h, 16, out=tt)
+        h ^= tt
+        out[start : start + m] = h
+    return out / 2.0**32
 
 
 def fill_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -55,7 +69,7 @@ def fill_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         v = 1 + 0.2 * (u - 0.5)
     else:
         v = 0.2 * (u - 0.5)
-    return v.to(torch.float32)
+    return torch.from_numpy(v.astype(np.float32))
 
 
 def fill_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -64,4 +78,4 @@ def fill_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tenso
 
 
 def golden_input(shape: tuple[int, ...]) -> torch.Tensor:
-    return (2 * (2 * uniform01("input", math.prod(shape)) - 1)).reshape(shape).to(torch.float32)
+    return torch.from_numpy((2 * (2 * uniform01("input", math.prod(shape)) - 1)).reshape(shape).astype(np.float32))
