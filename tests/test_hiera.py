@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import zlib
 
 import pytest
 import torch
@@ -17,50 +15,8 @@ from bettervit.models.hiera import Hiera, HieraConfig, reroll, reroll_units, unr
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 HIERA = GOLDEN / "hiera"
-_MASK, _MUL = 0xFFFFFFFF, 0x45D9F3B  # the hash constants of tests/golden/fill.py
 SIZES = ("tiny", "small", "base", "base_plus", "large", "huge")
 PARAMS_M = dict(zip(SIZES, (27.91, 35.01, 51.52, 69.90, 213.74, 672.78)))  # GUIDE §3
-
-
-def _fill(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """``reference_checkpoint(shapes)``, computed in cache-sized chunks with in-place integer ops.
-
-    Bit-identical to tests/golden/fill.py (checked by test_chunked_fill_is_the_fill_rule) but ~10x faster for
-    hiera_huge's 673M values, whose one-shot fill allocates ~20 full-size int64 temporaries per tensor.
-    """
-    out = {}
-    for name, shape in shapes.items():
-        assert not name.endswith(("running_mean", "running_var", "num_batches_tracked")), name  # none in Hiera
-        n = math.prod(shape)
-        seed = zlib.crc32(name.encode())
-        flat = torch.empty(n, dtype=torch.float32)
-        weight2d = len(shape) >= 2 and name.endswith("weight")
-        a = math.sqrt(3.0 / (n // shape[0])) if weight2d else 0.0
-        for o in range(0, n, 1 << 16):
-            h = torch.arange(o, min(o + (1 << 16), n), dtype=torch.int64).add_(seed).bitwise_and_(_MASK)
-            for _ in range(3):
-                h.bitwise_xor_(h >> 16).bitwise_and_(_MASK)
-                h.mul_(_MUL).bitwise_and_(_MASK)
-            h.bitwise_xor_(h >> 16).bitwise_and_(_MASK)
-            u = h.to(torch.float64) / 2.0**32
-            if weight2d:
-                v = a * (2 * u - 1)
-            elif len(shape) == 1 and name.endswith("weight"):
-                v = 1 + 0.2 * (u - 0.5)
-            else:
-                v = 0.2 * (u - 0.5)
-            flat[o : o + len(h)] = v.to(torch.float32)
-        out[name] = flat.view(shape)
-    return out
-
-
-def test_chunked_fill_is_the_fill_rule():
-    _, shapes, _ = read_fixture(HIERA / "timm_hiera_tiny_224.safetensors")
-    keys = ["pos_embed", "patch_embed.proj.weight", "blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc1.bias",
-            "blocks.3.norm1.weight", "head.fc.weight", "head.norm.bias"]  # every branch of the rule, > 1 chunk
-    sub = {k: shapes[k] for k in keys}
-    ref, ours = reference_checkpoint(sub), _fill(sub)
-    assert all(torch.equal(ref[k], ours[k]) for k in keys)
 
 
 def _build_loaded(name: str, sd: dict[str, torch.Tensor], **kw) -> Hiera:
@@ -86,7 +42,7 @@ def test_golden_parity_with_timm(size):
     """timm's checkpoint gives timm's logits (fp32, max abs diff <= 1e-4); tiny also checks the stage maps."""
     name = f"hiera_{size}_224"
     ref, shapes, meta = read_fixture(HIERA / f"timm_{name}.safetensors")
-    model = _build_loaded(name, _fill(shapes))
+    model = _build_loaded(name, reference_checkpoint(shapes))
     x = golden_input(tuple(meta["input"]))
     with torch.inference_mode():
         logits = model(x)
@@ -112,7 +68,7 @@ def test_golden_parity_with_official(tag, tmp_path):
         torch.save({"model_state": reference_checkpoint(shapes), "epoch": 1}, path)
         model = bettervit.create_model(name, pretrained=str(path), img_size=meta["img_size"]).eval()
     else:
-        model = _build_loaded(name, weights.unwrap({"model_state": _fill(shapes)}), img_size=meta["img_size"])
+        model = _build_loaded(name, weights.unwrap({"model_state": reference_checkpoint(shapes)}), img_size=meta["img_size"])
     with torch.inference_mode():
         logits = model(golden_input(tuple(meta["input"])))
     assert (logits - ref["logits"]).abs().max().item() <= 1e-4
