@@ -5,9 +5,8 @@
 timm's model is built and its state dict loaded into ours and (keys renamed: ``head.fc.`` -> ``head.projection.``,
 ``head.norm.`` -> ``norm.``) into the official model. ``bettervit.bench.compare`` times them alternately (machine
 noise hits all alike): inference (eval, inference_mode) and a training step (train mode, forward + backward).
-Median img/s of ``--repeats`` runs after ``--warmup``; speed-ups are ours over each reference. timm and the
-official package are optional. The official model is not timed for the training step when --no-official-train
-is given (it is by default).
+Median img/s of ``--repeats`` runs after ``--warmup``; speed-ups are ours over each reference. timm is required
+(the weights come from its model); the official package is optional.
 """
 from __future__ import annotations
 
