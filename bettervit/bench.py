@@ -48,6 +48,17 @@ def _sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _return_freed_memory_to_os() -> None:
+    """Make glibc serve every allocation >= 64 KiB by mmap and unmap it on free, so resident memory tracks live
+    tensors (otherwise freed blocks stay resident and a second model's peak reads as zero)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD; fixing it also stops the dynamic adjustment
+    except (OSError, AttributeError):  # not glibc: peaks are then upper-bounded by what the allocator keeps
+        pass
+
+
 class _PeakRSS:
     """Peak resident memory above the starting point, sampled every millisecond (CPU) or CUDA's own counter."""
 
@@ -65,6 +76,7 @@ class _PeakRSS:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return self
+        _return_freed_memory_to_os()
         self.base = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -122,10 +134,15 @@ def compare(models: dict[str, nn.Module], x: Tensor, *, train: bool, warmup: int
     steps = {k: _step(m, x, train) for k, m in models.items()}
     flops, peaks = {}, {}
     for k, step in steps.items():
-        flops[k] = count_flops(step)
+        # FLOPs of the plain forward (grad enabled, so no fused inference kernels hide from the counter); a training
+        # step counts 3x the forward (backward = 2x forward), the usual MFU convention.
+        with torch.enable_grad():
+            flops[k] = count_flops(lambda: models[k](x)) * (3 if train else 1)
+        for _ in range(warmup):
+            step()
+    for k, step in steps.items():  # peak memory of one more step, after every model's warm-up
         with _PeakRSS(x.device) as mem:
-            for _ in range(warmup):
-                step()
+            step()
         peaks[k] = mem.mb
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
@@ -183,7 +200,7 @@ def run_benchmark(
     peak = matmul_peak_gflops(device=device)
     print(f"{model}  batch {batch_size}  {size}x{size}  fp32  {device}  threads {torch.get_num_threads()}  "
           f"torch {torch.__version__}  matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'mode':<10}{'impl':<16}{'img/s':>9}{'ratio':>8}{'GMACs/img':>11}{'MFU':>7}{'peak MB':>9}")
+    print(f"{'mode':<10}{'impl':<16}{'img/s':>9}{'ratio':>8}{'GMACs/img':>11}{'MFU':>7}{'peak MB':>9}  (train GMACs = 3x fwd)")
     out = []
     for mode in (["infer", "train"] if train else ["infer"]):
         results = compare(models, x, train=mode == "train", repeats=repeats)

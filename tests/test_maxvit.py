@@ -176,3 +176,24 @@ def test_strict_loading_names_bad_keys(tmp_path):
     torch.save(sd, path)
     with pytest.raises(ValueError, match=r"missing 1 key\(s\): stem.conv1.weight.*unexpected 1 key\(s\): extra.weight"):
         bettervit.create_model("maxvit_nano", pretrained=str(path))
+
+
+def test_inference_attention_reaches_fused_sdpa_kernel():
+    from torch.profiler import profile
+
+    model = bettervit.create_model("maxvit_nano").eval()
+    with torch.inference_mode(), profile() as prof:
+        model(torch.randn(1, 3, 64, 64))
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+
+
+def test_training_after_inference_mode():
+    """Caches made under inference_mode must not leak inference tensors into autograd."""
+    model = bettervit.create_model("maxvit_nano")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert model.stages[0].blocks[0].attn_block.attn.rel_pos.relative_position_bias_table.grad is not None

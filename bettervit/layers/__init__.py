@@ -1,5 +1,6 @@
 """Parts used by two or more models."""
 from .drop import DropPath, drop_path
+from . import onednn
 from .mlp import Mlp
 
-__all__ = ["DropPath", "drop_path", "Mlp"]
+__all__ = ["DropPath", "drop_path", "Mlp", "onednn"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
+from ..layers import DropPath, Mlp, onednn
 from ..registry import register_model
 from .base import Backbone
 
@@ -183,14 +183,6 @@ class MaskUnitAttention(nn.Module):
         return self.proj(x)
 
 
-def _has_onednn_linear() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-_ONEDNN_LINEAR = _has_onednn_linear()
 
 
 class HieraMlp(Mlp):
@@ -199,11 +191,11 @@ class HieraMlp(Mlp):
     block output (on a 2-core CPU GELU alone costs ~40% of fc1, a residual add ~60% of fc2)."""
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
-            h = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
+        if onednn.usable(x):
+            h = onednn.linear_act(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
             if residual is None:
                 return self.fc2(h)
-            return torch.ops.mkldnn._linear_pointwise.binary(h, residual, self.fc2.weight, self.fc2.bias, "add")
+            return onednn.linear_add(h, residual, self.fc2.weight, self.fc2.bias)
         y = self.fc2(self.act(self.fc1(x)))
         return y if residual is None else y.add_(residual)
 

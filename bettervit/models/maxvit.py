@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
+from ..layers import DropPath, Mlp, onednn
 from ..registry import register_model
 from .base import Backbone
 
@@ -150,8 +150,13 @@ class MBConv(nn.Module):
         shortcut = self.shortcut(x)
         if _use_cache(x) and not self.training:
             w1, b1, w2, b2 = self._fused.get(list(self.parameters()) + list(self.buffers()), self._fold_bn)
-            x = gelu_tanh(F.conv2d(x, w1, b1))
-            x = gelu_tanh(self._depthwise(x, w2, b2))
+            if onednn.usable(x):  # each conv + GELU in one oneDNN kernel
+                x = onednn.conv_act(x, w1, b1, 0, 1, 1, "gelu", "tanh")
+                x = pad_same_s2(x) if self.stride == 2 else x
+                x = onednn.conv_act(x, w2, b2, self.conv2_kxk.padding[0], self.stride, w2.shape[0], "gelu", "tanh")
+            else:
+                x = gelu_tanh(F.conv2d(x, w1, b1))
+                x = gelu_tanh(self._depthwise(x, w2, b2))
         else:
             x = gelu_tanh(self.norm1(self.conv1_1x1(self.pre_norm(x))))
             x = gelu_tanh(self.norm2(self._depthwise(x, self.conv2_kxk.weight, None)))
@@ -187,7 +192,8 @@ class RelPosBias(nn.Module):
     def _gather(self) -> Tensor:
         t = self.relative_position_bias_table
         if self._index is None or self._index.device != t.device:
-            self._index = self._make_index(self.window).to(t.device)
+            with torch.inference_mode(False):  # a normal tensor, so training may reuse it after inference
+                self._index = self._make_index(self.window).to(t.device)
         n = self.window**2
         return t.flatten(1)[:, self._index].view(t.shape[0], n, n)  # (heads, N, N)
 
@@ -221,12 +227,17 @@ class PartitionAttention(nn.Module):
             self.split = "b (nh wh) (nw ww) (three heads d) -> three (b nh nw) heads (wh ww) d"
             self.merge = "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)"
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:  # (B, H, W, C)
+        """Attention output; with ``residual`` (inference only) returns residual + output from one fused kernel."""
         B, H, W, C = x.shape
         w = self.window
         q, k, v = rearrange(self.qkv(x), self.split, three=3, heads=self.heads, wh=w, ww=w)  # (B*nW, nh, N, hd)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos().to(q.dtype))
+        # A 4-D (1, heads, N, N) bias (not 3-D) lets SDPA pick its fused CPU kernel in inference (~4x faster there);
+        # in training (the bias needs a gradient) it falls back to its math path, still faster than with a 3-D bias.
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos().to(q.dtype)[None])
         o = rearrange(o, self.merge, b=B, nh=H // w, nw=W // w, wh=w, ww=w)  # (B, H, W, C)
+        if residual is not None:
+            return onednn.linear_add(o, residual, self.proj.weight, self.proj.bias)
         return self.proj(o)
 
 
@@ -242,6 +253,10 @@ class TransformerLayer(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        if onednn.usable(x) and not self.training:  # inference: fuse GELU into fc1 and the residual adds
+            x = self.attn(self.norm1(x), residual=x)
+            h = onednn.linear_act(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, "gelu", "tanh")
+            return onednn.linear_add(h, x, self.mlp.fc2.weight, self.mlp.fc2.bias)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
