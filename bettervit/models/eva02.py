@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers import onednn
 from ..layers.drop import drop_path
 from ..registry import register_model
 from .base import Backbone
@@ -120,8 +121,8 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-        """x (B, N, C), rope = (cos, signed sin) tables (N, 1, hd) -> (B, N, C).
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], residual: Tensor | None = None) -> Tensor:
+        """x (B, N, C), rope = (cos, signed sin) tables (N, 1, hd) -> (B, N, C) (+ ``residual``: inference only).
 
         RoPE is applied while tokens are still (B, N, ..., nh, hd) (the tables broadcast over heads), and q, k, v
         reach SDPA as (B, nh, N, hd) views with contiguous head vectors, the layout its fused CPU/CUDA kernels read
@@ -142,7 +143,10 @@ class Attention(nn.Module):
             k = rotate(self.k_proj(x).view(B, N, nh, hd), *rope).transpose(1, 2)
             v = self.v_proj(x).view(B, N, nh, hd).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        x = x.transpose(1, 2).reshape(B, N, C)
+        if residual is not None:  # inference: projection and residual add in one oneDNN kernel
+            return onednn.linear_add(x, residual, self.proj.weight, self.proj.bias)
+        return self.proj(x)
 
 
 # --- SwiGLU MLP ----------------------------------------------------------------------------------------------------------
@@ -167,6 +171,18 @@ class SwiGLU(nn.Module):
             return self.fc2(F.silu(gate) * value)
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
+    def forward_fused(self, x: Tensor, residual: Tensor) -> Tensor:
+        """CPU fp32 inference: residual + forward(x), with SiLU fused into the gate matmul and the residual into fc2."""
+        if self.packed:
+            h = self.fc1.out_features // 2
+            w, b = self.fc1.weight, self.fc1.bias
+            gate = onednn.linear_act(x, w[:h], b[:h], "swish")
+            hidden = gate.mul_(F.linear(x, w[h:], b[h:]))
+        else:
+            gate = onednn.linear_act(x, self.fc1_g.weight, self.fc1_g.bias, "swish")
+            hidden = self.norm(gate.mul_(self.fc1_x(x)))
+        return onednn.linear_add(hidden, residual, self.fc2.weight, self.fc2.bias)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
@@ -180,6 +196,9 @@ class Block(nn.Module):
         self.drop_path = drop_path_rate
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        if onednn.usable(x) and not self.training:  # inference: residual adds fused into the output matmuls
+            x = self.attn(self.norm1(x), rope, residual=x)
+            return self.mlp.forward_fused(self.norm2(x), x)
         x = x + drop_path(self.attn(self.norm1(x), rope), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
