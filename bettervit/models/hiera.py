@@ -143,7 +143,7 @@ def reroll_units(x: Tensor, units: int, levels: int, stride: int = 2) -> Tensor:
 def pool_tokens(x: Tensor, units: int, stride: int) -> Tensor:
     """Max over each 2x2 window: (B, N, C) -> (B, N / stride, C). The window is the leading pair inside a unit."""
     B, N, C = x.shape
-    return x.view(B, units, stride, N // (units * stride), C).max(dim=2).values.view(B, N // stride, C)
+    return x.view(B, units, stride, N // (units * stride), C).amax(dim=2).view(B, N // stride, C)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,7 +164,8 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """(B, N, C) -> (B, N', C_out); with ``residual`` (CPU fp32 inference only) residual + output, one kernel."""
         B, N, _ = x.shape
         # Mask-unit attention folds the units into the batch; global attention sees all N tokens at once. Either way
         # q, k, v are 4-D (batch, heads, tokens, head_dim), which SDPA's fused kernels accept.
@@ -177,12 +178,12 @@ class MaskUnitAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         if self.q_stride > 1:  # the 2x2 window is the leading pair inside each unit (see unroll)
             q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
-            q = q.max(dim=3).values.view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
+            q = q.amax(dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
         x = x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
+        if residual is not None:
+            return onednn.linear_add(x, residual, self.proj.weight, self.proj.bias)
         return self.proj(x)
-
-
 
 
 class HieraMlp(Mlp):
@@ -232,6 +233,9 @@ class HieraBlock(nn.Module):
             x = self.proj(x_norm)
             if self.q_stride > 1:
                 x = pool_tokens(x, x.shape[1] // (self.q_stride * self.window_size), self.q_stride)
+        if onednn.usable(x_norm) and not self.training:  # inference: projection + residual in one kernel
+            x = self.attn(x_norm, residual=x)
+            return self.mlp(self.norm2(x), residual=x)
         # residuals are added into the fresh branch output: one large allocation fewer per add
         x = self.drop_path(self.attn(x_norm)).add_(x)
         if isinstance(self.drop_path, nn.Identity):
