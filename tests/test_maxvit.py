@@ -197,3 +197,14 @@ def test_training_after_inference_mode():
         model.eval()(x)
     model.train()(x).sum().backward()
     assert model.stages[0].blocks[0].attn_block.attn.rel_pos.relative_position_bias_table.grad is not None
+
+
+def test_cpu_autocast_inference_uses_plain_path():
+    model = bettervit.create_model("maxvit_nano").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() < 0.1

@@ -2,7 +2,7 @@
 together with the residual add that follows it, in one pass over memory.
 
 These are PyTorch's private ``torch.ops.mkldnn.*_pointwise`` ops (what Inductor emits on CPU). Models call them only
-when ``usable(x)`` holds — CPU, fp32, no autograd, not under torch.compile, and the ops exist in this build — and use
+when ``usable(x)`` holds — CPU, fp32, no autograd, no autocast, not under torch.compile, and the ops exist in this build — and use
 their plain modules otherwise, so results are the same to float rounding everywhere. On a 2-core CPU a fused
 depthwise conv + GELU is ~3x faster than the two ops apart; a 1x1 conv or linear + GELU ~1.5x.
 """
@@ -33,6 +33,7 @@ def usable(x: Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")  # these ops are not autocast-aware: mixed dtypes would meet
         and not torch.compiler.is_compiling()
     )
 
