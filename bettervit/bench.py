@@ -48,15 +48,37 @@ def _sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _return_freed_memory_to_os() -> None:
-    """Make glibc serve every allocation >= 64 KiB by mmap and unmap it on free, so resident memory tracks live
-    tensors (otherwise freed blocks stay resident and a second model's peak reads as zero)."""
+def _mallopt(threshold: int) -> None:
+    """Set glibc's mmap threshold (allocations at least this large are mmapped and unmapped on free) and its trim
+    threshold (twice that, glibc's own rule). A no-op where libc is not glibc."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD; fixing it also stops the dynamic adjustment
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD; setting it also stops glibc's dynamic adjustment
+        libc.mallopt(-1, 2 * threshold)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: peaks are then upper-bounded by what the allocator keeps
         pass
+
+
+def _return_freed_memory_to_os() -> None:
+    """Hand the pages of freed heap blocks back to the OS, then serve every allocation >= 64 KiB by mmap and unmap
+    it on free, so resident memory tracks live tensors (otherwise freed blocks stay resident and are reused without
+    a page fault, and a peak reads as zero)."""
+    _mallopt(65536)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _keep_freed_memory() -> None:
+    """Undo ``_return_freed_memory_to_os`` for timing: glibc's default dynamic thresholds grow to 32 MiB once large
+    blocks are freed, so in a long run tensors are recycled from the heap; with a 64 KiB threshold every fresh
+    tensor would be a page-faulting mmap, ~30% off a CPU training step, which no real run pays."""
+    _mallopt(32 * 2**20)
 
 
 class _PeakRSS:
@@ -94,6 +116,7 @@ class _PeakRSS:
         else:
             self._stop.set()
             self._thread.join()
+            _keep_freed_memory()
 
     @property
     def mb(self) -> float:
@@ -140,10 +163,6 @@ def compare(models: dict[str, nn.Module], x: Tensor, *, train: bool, warmup: int
             flops[k] = count_flops(lambda: models[k](x)) * (3 if train else 1)
         for _ in range(warmup):
             step()
-    for k, step in steps.items():  # peak memory of one more step, after every model's warm-up
-        with _PeakRSS(x.device) as mem:
-            step()
-        peaks[k] = mem.mb
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
@@ -152,6 +171,10 @@ def compare(models: dict[str, nn.Module], x: Tensor, *, train: bool, warmup: int
             step()
             _sync(x.device)
             times[k].append(time.perf_counter() - t)
+    for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
+        with _PeakRSS(x.device) as mem:
+            step()
+        peaks[k] = mem.mb
     return [Result(k, times[k], x.shape[0], flops[k], peaks[k]) for k in steps]
 
 

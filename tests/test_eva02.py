@@ -9,7 +9,7 @@ import torch
 
 import bettervit
 from bettervit import weights
-from bettervit.models.eva02 import rope_tables
+from bettervit.models.eva02 import rope_rotations, rotate
 from golden_util import GOLDEN, golden_input, read_fixture
 from fill import fill_value
 
@@ -96,9 +96,10 @@ def test_rope_and_pos_embed_are_cached_per_grid():
     grids = {k[0] for k in model._rope_cache}
     assert grids == {(4, 4), (4, 6)}
     assert {k[0] for k in model._pos_cache} == {(4, 4), (4, 6)}
-    cos, sin = model.rope((4, 4), torch.device("cpu"), torch.float32)
-    assert cos.shape == sin.shape == (1 + 16, 1, 64)  # broadcasts over heads
-    assert torch.equal(cos[0, 0], torch.ones(64)) and torch.equal(sin[0, 0], torch.zeros(64))  # class token not rotated
+    rot = model.rope((4, 4), torch.device("cpu"), torch.float32)
+    assert rot.shape == (1 + 16, 1, 32) and rot.dtype == torch.complex64  # broadcasts over heads
+    assert torch.equal(rot[0, 0], torch.ones(32, dtype=torch.complex64))  # class token not rotated
+    torch.testing.assert_close(rot.abs(), torch.ones(17, 1, 32))  # rotations only
     # a learned position embedding update invalidates the resized copy
     with torch.no_grad():
         before = model(torch.ones(1, 3, 56, 56))
@@ -109,9 +110,20 @@ def test_rope_and_pos_embed_are_cached_per_grid():
 
 def test_rope_rescales_onto_reference_grid():
     """Positions i/h*16: the last row of a 24-row grid has the angle of row 15.33 of the 16-row reference."""
-    cos16, _ = rope_tables((16, 16), 64)
-    cos32, _ = rope_tables((32, 32), 64)
-    torch.testing.assert_close(cos32[1 + 2 * 32 * 2 + 2 * 2], cos16[1 + 2 * 16 + 2])  # (4, 4) of 32 == (2, 2) of 16
+    r16 = rope_rotations((16, 16), 64)
+    r32 = rope_rotations((32, 32), 64)
+    torch.testing.assert_close(r32[1 + 4 * 32 + 4], r16[1 + 2 * 16 + 2])  # (4, 4) of 32 == (2, 2) of 16
+
+
+def test_rotate_is_the_pairwise_rotation():
+    """Channel pair (2j, 2j+1) = (a, b) -> (a cos t - b sin t, b cos t + a sin t); bf16 rotates through float32."""
+    t = torch.rand(5, 1, 4) * 6.0  # (N, heads, hd/2) angles
+    x = torch.randn(2, 5, 3, 8)  # (B, N, heads, hd)
+    a, b = x[..., 0::2], x[..., 1::2]
+    want = torch.stack([a * t.cos() - b * t.sin(), b * t.cos() + a * t.sin()], dim=-1).flatten(-2)
+    rot = torch.polar(torch.ones_like(t), t)
+    torch.testing.assert_close(rotate(x, rot), want)
+    torch.testing.assert_close(rotate(x.bfloat16(), rot).float(), want, atol=0.05, rtol=0.02)
 
 
 def _official(sd: dict, mim: bool = False, separate: bool = False) -> dict:

@@ -54,6 +54,10 @@ def test_golden_parity_with_timm(size):
         assert [tuple(f.shape) for f in feats] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
         for i, f in enumerate(feats):
             assert (f[:, :8] - ref[f"stage{i}"]).abs().max().item() <= 1e-4
+        for blk in model.blocks:  # CPU inference of mask-unit blocks in chunks (a batch of 1 is below the default)
+            blk.chunk_tokens = 256
+        with torch.inference_mode():
+            assert (model(x) - ref["logits"]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("tag", ["hiera_tiny_224", "hiera_tiny_224_at64", "hiera_base_plus_224"])
@@ -164,6 +168,24 @@ def test_fused_inference_mlp_matches_autograd_path():
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_inference_matches_autograd_path(monkeypatch):
+    """Mask-unit blocks run unit-chunks of the batch in CPU inference; chunk boundaries mid-image change nothing."""
+    from bettervit.models.hiera import HieraBlock
+
+    model = bettervit.create_model("hiera_nano").eval()
+    x = torch.randn(3, 3, 64, 64)  # 4 units of 64 tokens per image
+    slow = model(x).detach()
+    calls = []
+    chunked = HieraBlock._in_chunks
+    monkeypatch.setattr(HieraBlock, "_in_chunks", lambda self, t: calls.append(t.shape) or chunked(self, t))
+    for blk in model.blocks:
+        blk.chunk_tokens = 192  # 3 units per chunk: chunks straddle images
+    with torch.no_grad():
+        fast = model(x)
+    assert calls  # the chunked path was taken
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
 def test_global_attention_uses_fused_sdpa_kernel():
     """The attention reaches SDPA's fused CPU kernel (4-D inputs), never the math fallback."""
     model = bettervit.create_model("hiera_nano").eval()
@@ -252,3 +274,19 @@ def test_bad_input():
         bettervit.create_model("hiera_tiny_224", mask_unit_size=4)
     with pytest.raises(ValueError, match="unknown option"):
         bettervit.create_model("hiera_tiny_224", window=7)
+
+
+def test_window_max_matches_amax_values_and_gradients_with_ties():
+    from bettervit.models.hiera import window_max
+
+    x = torch.randn(2, 3, 4, 5, 6)
+    x[0, 0, :, 0, 0] = 1.5  # a four-way tie: amax splits the gradient evenly
+    x[1, 2, 1:3, 4, 5] = 9.0  # a two-way tie
+    g = torch.randn(2, 3, 5, 6)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    torch.testing.assert_close(window_max(a, 2), b.amax(2), rtol=0, atol=0)
+    window_max(a, 2).backward(g)
+    b.amax(2).backward(g)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert a.grad[0, 0, :, 0, 0].tolist() == [g[0, 0, 0, 0].item() / 4] * 4

@@ -1,15 +1,23 @@
-"""oneDNN fused kernels for CPU fp32 inference: a linear or convolution together with its activation, or a linear
-together with the residual add that follows it, in one pass over memory.
+"""oneDNN kernels for CPU fp32 inference: linears on pre-packed weights, optionally with the activation or the
+residual add that follows them fused in, and convolutions with their activation.
 
-These are PyTorch's private ``torch.ops.mkldnn.*_pointwise`` ops (what Inductor emits on CPU). Models call them only
-when ``usable(x)`` holds — CPU, fp32, no autograd, no autocast, not under torch.compile, and the ops exist in this build — and use
-their plain modules otherwise, so results are the same to float rounding everywhere. On a 2-core CPU a fused
-depthwise conv + GELU is ~3x faster than the two ops apart; a 1x1 conv or linear + GELU ~1.5x.
+These are PyTorch's private ``torch.ops.mkldnn`` ops (what Inductor emits on CPU when it freezes a model). Models
+call them only when ``usable(x)`` holds — CPU, fp32, no autograd, no autocast, not under torch.compile, and the ops
+exist in this build — and use their plain modules otherwise, so results are the same to float rounding everywhere.
+
+Why. On a 2-core CPU a fused depthwise conv + GELU is ~3x faster than the two ops apart, a linear + GELU ~1.5x. And a
+oneDNN matmul on a weight reordered once into its blocked layout runs the transformer shapes here (a few thousand
+tokens x 192..2048 channels) 10-25% faster than ``F.linear``'s BLAS call, which repacks the weight on every call.
+
+Packed weights are cached per parameter (weakly: they go when the parameter goes) and rebuilt when the parameter
+changes in place (its version counter moves, e.g. after an optimizer step) or moves to other storage. The cache holds
+one extra fp32 copy of each linear weight a model has used in CPU inference; ``clear_packed()`` drops it.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def _available() -> bool:
@@ -19,12 +27,17 @@ def _available() -> bool:
             torch.backends.mkldnn.is_available()
             and hasattr(ops, "_linear_pointwise")
             and hasattr(ops, "_convolution_pointwise")
+            and hasattr(ops, "_reorder_linear_weight")
         )
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
         return False
 
 
 AVAILABLE = _available()
+
+Rows = tuple[int, int]
+# parameter -> ((version, data_ptr), {row range or None: packed weight})
+_PACKED = WeakIdKeyDictionary()
 
 
 def usable(x: Tensor) -> bool:
@@ -38,14 +51,47 @@ def usable(x: Tensor) -> bool:
     )
 
 
-def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "gelu", algorithm: str = "none") -> Tensor:
-    """act(x @ W.T + b); act is "gelu" (algorithm "none" = erf, "tanh" = tanh approximation) or "relu"."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], algorithm)
+def packed(weight: Tensor, rows: Rows | None = None) -> Tensor:
+    """``weight[rows[0]:rows[1]]`` (all rows if None) in oneDNN's blocked layout, reordered once and cached."""
+    stamp = (weight._version, weight.data_ptr())
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != stamp:
+        entry = (stamp, {})
+        _PACKED[weight] = entry
+    hit = entry[1].get(rows)
+    if hit is None:
+        w = weight if rows is None else weight[rows[0]:rows[1]]
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable later under no_grad too
+            hit = entry[1][rows] = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous())
+    return hit
 
 
-def linear_add(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ W.T + b + residual."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+def clear_packed() -> None:
+    """Drop every cached packed weight."""
+    _PACKED.clear()
+
+
+def _bias(bias: Tensor | None, rows: Rows | None) -> Tensor | None:
+    return bias if bias is None or rows is None else bias[rows[0]:rows[1]]
+
+
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "none", algorithm: str = "", rows: Rows | None = None
+) -> Tensor:
+    """act(x @ W.T + b) with W = ``weight[rows]``; act is "none", "gelu" (algorithm "none" = erf, "tanh" = tanh
+    approximation), "relu" or "swish" (SiLU)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed(weight, rows), _bias(bias, rows), act, [], algorithm)
+
+
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "gelu", algorithm: str = "none",
+               rows: Rows | None = None) -> Tensor:
+    """``linear`` with an activation (GELU by default)."""
+    return linear(x, weight, bias, act, algorithm, rows)
+
+
+def linear_add(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, rows: Rows | None = None) -> Tensor:
+    """x @ W.T + b + residual, W = ``weight[rows]``."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed(weight, rows), _bias(bias, rows), "add")
 
 
 def conv_act(

@@ -140,10 +140,36 @@ def reroll_units(x: Tensor, units: int, levels: int, stride: int = 2) -> Tensor:
     return x.reshape(B, units, m, m, C)
 
 
+class _WindowMax(torch.autograd.Function):
+    """``amax(dim)`` with a leaner backward than autograd's own (which turns the bool mask of maxima into floats
+    twice and counts ties in int64, ~2x slower here). The gradient goes to the maxima, split evenly between ties,
+    exactly as for ``amax``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        y = x.amax(dim)
+        ctx.dim = dim
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, y = ctx.saved_tensors
+        hit = x == y.unsqueeze(ctx.dim)
+        share = grad / hit.sum(ctx.dim, dtype=grad.dtype)  # ties (e.g. a constant image) share the gradient
+        return torch.where(hit, share.unsqueeze(ctx.dim), 0.0), None
+
+
+def window_max(x: Tensor, dim: int) -> Tensor:
+    """Max over ``dim`` (the pooling window, see ``unroll``), ``amax``'s values and gradient."""
+    return _WindowMax.apply(x, dim) if x.requires_grad and torch.is_grad_enabled() else x.amax(dim)
+
+
 def pool_tokens(x: Tensor, units: int, stride: int) -> Tensor:
     """Max over each 2x2 window: (B, N, C) -> (B, N / stride, C). The window is the leading pair inside a unit."""
     B, N, C = x.shape
-    return x.view(B, units, stride, N // (units * stride), C).amax(dim=2).view(B, N // stride, C)
+    return window_max(x.view(B, units, stride, N // (units * stride), C), dim=2).view(B, N // stride, C)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,11 +200,15 @@ class MaskUnitAttention(nn.Module):
             G, T, U = B * units, N // units, 1
         else:  # U: units, only needed to locate the pooling windows
             G, T, U = B, N, N // (self.q_stride * self.window_size) if self.q_stride > 1 else 1
-        qkv = self.qkv(x).view(G, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, G, nh, T, hd)
+        if residual is not None:  # CPU fp32 inference (see HieraBlock.forward): oneDNN on the packed weight
+            qkv = onednn.linear(x, self.qkv.weight, self.qkv.bias)
+        else:
+            qkv = self.qkv(x)
+        qkv = qkv.view(G, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, G, nh, T, hd)
         q, k, v = qkv.unbind(0)
         if self.q_stride > 1:  # the 2x2 window is the leading pair inside each unit (see unroll)
             q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
-            q = q.amax(dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
+            q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
         x = x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
         if residual is not None:
@@ -195,7 +225,7 @@ class HieraMlp(Mlp):
         if onednn.usable(x):
             h = onednn.linear_act(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
             if residual is None:
-                return self.fc2(h)
+                return onednn.linear(h, self.fc2.weight, self.fc2.bias)
             return onednn.linear_add(h, residual, self.fc2.weight, self.fc2.bias)
         y = self.fc2(self.act(self.fc1(x)))
         return y if residual is None else y.add_(residual)
@@ -227,20 +257,51 @@ class HieraBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim_out, eps=eps)
         self.mlp = HieraMlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
+    # CPU inference on many tokens runs a mask-unit-attention block this many tokens at a time (see _in_chunks).
+    chunk_tokens = 4096
+
     def forward(self, x: Tensor) -> Tensor:
+        if onednn.usable(x) and not self.training:  # CPU fp32 inference: oneDNN kernels, residuals fused
+            if self.attn.unit_attn and x.shape[0] * x.shape[1] >= 2 * self.chunk_tokens:
+                return self._in_chunks(x)
+            return self._forward_inference(x)
         x_norm = self.norm1(x)
         if self.proj is not None:
-            x = self.proj(x_norm)
-            if self.q_stride > 1:
-                x = pool_tokens(x, x.shape[1] // (self.q_stride * self.window_size), self.q_stride)
-        if onednn.usable(x_norm) and not self.training:  # inference: projection + residual in one kernel
-            x = self.attn(x_norm, residual=x)
-            return self.mlp(self.norm2(x), residual=x)
+            x = self._pool(self.proj(x_norm))
         # residuals are added into the fresh branch output: one large allocation fewer per add
         x = self.drop_path(self.attn(x_norm)).add_(x)
         if isinstance(self.drop_path, nn.Identity):
             return self.mlp(self.norm2(x), residual=x)
         return self.drop_path(self.mlp(self.norm2(x))).add_(x)
+
+    def _pool(self, x: Tensor) -> Tensor:
+        """The projected residual, max-pooled like the queries at a stage's first block."""
+        if self.q_stride == 1:
+            return x
+        return pool_tokens(x, x.shape[1] // (self.q_stride * self.window_size), self.q_stride)
+
+    def _forward_inference(self, x: Tensor) -> Tensor:
+        x_norm = self.norm1(x)
+        if self.proj is not None:
+            x = self._pool(onednn.linear(x_norm, self.proj.weight, self.proj.bias))
+        x = self.attn(x_norm, residual=x)
+        return self.mlp(self.norm2(x), residual=x)
+
+    def _in_chunks(self, x: Tensor) -> Tensor:
+        """The same block, a few thousand tokens at a time.
+
+        With mask-unit attention every unit is computed on its own, and the unit-major token order (see ``unroll``)
+        keeps a unit's tokens contiguous: (B, N, C) -> (B * units, tokens per unit, C) makes each unit a batch item
+        with the same result, and the batch can be split anywhere. At the stride-4 stage a batch of 8 is 25k tokens,
+        whose 4x-wide MLP activation alone is 38 MB; in chunks of 4096 tokens the intermediates stay in cache
+        instead of streaming through memory, and those blocks run ~1.3-1.7x faster on a 2-core CPU.
+        """
+        B, N, C = x.shape
+        unit = self.q_stride * self.window_size  # input tokens per mask unit
+        units = x.reshape(B * N // unit, unit, C)
+        per = max(1, self.chunk_tokens // unit)
+        out = torch.cat([self._forward_inference(chunk) for chunk in units.split(per)])
+        return out.view(B, -1, self.dim_out)
 
 
 class PatchEmbed(nn.Module):
