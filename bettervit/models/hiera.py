@@ -204,8 +204,9 @@ class MaskUnitAttention(nn.Module):
             qkv = onednn.linear(x, self.qkv.weight, self.qkv.bias)
         else:
             qkv = self.qkv(x)
-        qkv = qkv.view(G, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, G, nh, T, hd)
-        q, k, v = qkv.unbind(0)
+        # (G, T, 3, nh, hd) -> 3 x (G, nh, T, hd) views. Unbinding dim 2 (not permuting 3 to the front first) makes
+        # the backward stack the three gradients straight into the token-major layout the qkv matmul reads: one copy.
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.heads, self.head_dim).unbind(2))
         if self.q_stride > 1:  # the 2x2 window is the leading pair inside each unit (see unroll)
             q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
             q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
@@ -257,14 +258,23 @@ class HieraBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim_out, eps=eps)
         self.mlp = HieraMlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
-    # CPU inference on many tokens runs a mask-unit-attention block this many tokens at a time (see _in_chunks).
+    # On CPU, blocks with many tokens run in pieces: in inference mask-unit blocks by units (see _in_chunks), in
+    # training any block by whole images (at the stride-4 stage ~1.15x faster forward + backward on a 2-core CPU:
+    # fewer tensors above glibc's 32 MB mmap threshold, each of which page-faults afresh on every allocation).
     chunk_tokens = 4096
+    train_chunk_tokens = 8192
 
     def forward(self, x: Tensor) -> Tensor:
         if onednn.usable(x) and not self.training:  # CPU fp32 inference: oneDNN kernels, residuals fused
             if self.attn.unit_attn and x.shape[0] * x.shape[1] >= 2 * self.chunk_tokens:
                 return self._in_chunks(x)
             return self._forward_inference(x)
+        B, N, _ = x.shape
+        if x.device.type == "cpu" and B > 1 and B * N >= 2 * self.train_chunk_tokens:
+            return torch.cat([self._forward_train(c) for c in x.split(max(1, self.train_chunk_tokens // N))])
+        return self._forward_train(x)
+
+    def _forward_train(self, x: Tensor) -> Tensor:
         x_norm = self.norm1(x)
         if self.proj is not None:
             x = self._pool(self.proj(x_norm))
