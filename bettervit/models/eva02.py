@@ -145,7 +145,8 @@ class Attention(nn.Module):
             qkv = (onednn.linear if fast else F.linear)(x, self.qkv.weight, bias).view(B, N, 3, nh, hd)
             qk, v = qkv.split([2, 1], dim=2)  # split, not slicing: its backward is one cat, no zero-filled buffers
             qk = rotate(qk, rope.unsqueeze(1))  # (B, N, 2, nh, hd), q and k in one pass
-            q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, N, hd)
+            # unbind dim 2, then transpose: the backward stacks the two gradients straight back into (B, N, 2, nh, hd)
+            q, k = (t.transpose(1, 2) for t in qk.unbind(2))  # 2 x (B, nh, N, hd)
             v = v.squeeze(2).transpose(1, 2)  # (B, nh, N, hd)
         else:
             q = rotate(self.q_proj(x).view(B, N, nh, hd), rope).transpose(1, 2)  # (B, nh, N, hd)
@@ -159,6 +160,32 @@ class Attention(nn.Module):
 
 
 # --- SwiGLU MLP ----------------------------------------------------------------------------------------------------------
+class _PackedSwiGLU(torch.autograd.Function):
+    """silu(gate) * value from a packed fc1 output y = [gate | value] (..., 2h) -> (..., h).
+
+    Autograd would run ``chunk`` backward as a concatenation of the two half gradients (one more pass over the
+    widest activation of the block); here both halves are written straight into one (..., 2h) tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor) -> Tensor:
+        gate, value = y.chunk(2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(y, act)
+        return act * value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        y, act = ctx.saved_tensors
+        gate, value = y.chunk(2, dim=-1)
+        grad_y = torch.empty_like(y)
+        grad_gate, grad_value = grad_y.chunk(2, dim=-1)
+        torch.mul(grad, act, out=grad_value)
+        torch.ops.aten.silu_backward.grad_input(grad * value, gate, grad_input=grad_gate)
+        return grad_y
+
+
 class SwiGLU(nn.Module):
     """silu(x W_g) * (x W_x), then W_2. Packed (one fc1 = [gate; value]) or split with a hidden LayerNorm (sub-LN)."""
 
@@ -176,7 +203,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed:
-            gate, value = self.fc1(x).chunk(2, dim=-1)
+            y = self.fc1(x)  # (..., 2 * hidden): [gate | value]
+            if torch.is_grad_enabled() and y.requires_grad:
+                return self.fc2(_PackedSwiGLU.apply(y))
+            gate, value = y.chunk(2, dim=-1)
             return self.fc2(F.silu(gate) * value)
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
