@@ -94,6 +94,11 @@ def linear_add(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None,
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed(weight, rows), _bias(bias, rows), "add")
 
 
+def linear_mul(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, rows: Rows | None = None) -> Tensor:
+    """(x @ W.T + b) * other, W = ``weight[rows]`` (e.g. a gated linear unit's value branch times its gate)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, packed(weight, rows), _bias(bias, rows), "mul")
+
+
 def conv_act(
     x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, stride: int, groups: int,
     act: str = "gelu", algorithm: str = "none",

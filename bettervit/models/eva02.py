@@ -211,14 +211,15 @@ class SwiGLU(nn.Module):
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
     def forward_fused(self, x: Tensor, residual: Tensor) -> Tensor:
-        """CPU fp32 inference: residual + forward(x), with SiLU fused into the gate matmul and the residual into fc2."""
+        """CPU fp32 inference: residual + forward(x); SiLU fused into the gate matmul, the gating product into the value
+        matmul and the residual into fc2."""
         if self.packed:
             h = self.fc1.out_features // 2
             gate = onednn.linear(x, self.fc1.weight, self.fc1.bias, "swish", rows=(0, h))
-            hidden = gate.mul_(onednn.linear(x, self.fc1.weight, self.fc1.bias, rows=(h, 2 * h)))
+            hidden = onednn.linear_mul(x, gate, self.fc1.weight, self.fc1.bias, rows=(h, 2 * h))  # value * gate
         else:
             gate = onednn.linear(x, self.fc1_g.weight, self.fc1_g.bias, "swish")
-            hidden = self.norm(gate.mul_(onednn.linear(x, self.fc1_x.weight, self.fc1_x.bias)))
+            hidden = self.norm(onednn.linear_mul(x, gate, self.fc1_x.weight, self.fc1_x.bias))
         return onednn.linear_add(hidden, residual, self.fc2.weight, self.fc2.bias)
 
 
