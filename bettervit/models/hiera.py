@@ -157,8 +157,9 @@ class _WindowMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         x, y = ctx.saved_tensors
         hit = x == y.unsqueeze(ctx.dim)
-        share = grad / hit.sum(ctx.dim, dtype=grad.dtype)  # ties (e.g. a constant image) share the gradient
-        return torch.where(hit, share.unsqueeze(ctx.dim), 0.0), None
+        ties = hit.view(torch.uint8).sum(ctx.dim, dtype=torch.uint8)  # counted as bytes: no float copy of the mask
+        share = grad / ties  # ties (e.g. a constant image) share the gradient
+        return hit * share.unsqueeze(ctx.dim), None
 
 
 def window_max(x: Tensor, dim: int) -> Tensor:
