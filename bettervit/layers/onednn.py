@@ -10,8 +10,11 @@ oneDNN matmul on a weight reordered once into its blocked layout runs the transf
 tokens x 192..2048 channels) 10-25% faster than ``F.linear``'s BLAS call, which repacks the weight on every call.
 
 Packed weights are cached per parameter (weakly: they go when the parameter goes) and rebuilt when the parameter
-changes in place (its version counter moves, e.g. after an optimizer step) or moves to other storage. The cache holds
-one extra fp32 copy of each linear weight a model has used in CPU inference; ``clear_packed()`` drops it.
+changes in place (its version counter moves, e.g. after an optimizer step or ``load_state_dict``), moves to other
+storage, or when 64 evenly spaced entries differ from what was packed — that catches writes through ``.data``
+(which bypass the version counter, e.g. swapping in EMA weights) in all but contrived cases; after editing a few
+entries of a weight through ``.data``, call ``clear_packed()``. The cache holds one extra fp32 copy of each linear
+weight a model has used in CPU inference; ``clear_packed()`` also drops it.
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ def _available() -> bool:
 AVAILABLE = _available()
 
 Rows = tuple[int, int]
-# parameter -> ((version, data_ptr), {row range or None: packed weight})
+# parameter -> (stamp, {row range or None: packed weight}); stamp = (version, data_ptr, sampled entries)
 _PACKED = WeakIdKeyDictionary()
+_SAMPLES = 64
 
 
 def usable(x: Tensor) -> bool:
@@ -51,17 +55,34 @@ def usable(x: Tensor) -> bool:
     )
 
 
+def _sample(weight: Tensor) -> Tensor:
+    flat = weight.detach().reshape(-1)
+    return flat[:: max(1, flat.numel() // _SAMPLES)]
+
+
+def _version(weight: Tensor) -> int:
+    try:
+        return weight._version
+    except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
+        return -1
+
+
+def _fresh(stamp: tuple, weight: Tensor) -> bool:
+    version, ptr, sample = stamp
+    return version == _version(weight) and ptr == weight.data_ptr() and torch.equal(sample, _sample(weight))
+
+
 def packed(weight: Tensor, rows: Rows | None = None) -> Tensor:
     """``weight[rows[0]:rows[1]]`` (all rows if None) in oneDNN's blocked layout, reordered once and cached."""
-    stamp = (weight._version, weight.data_ptr())
     entry = _PACKED.get(weight)
-    if entry is None or entry[0] != stamp:
-        entry = (stamp, {})
+    if entry is None or not _fresh(entry[0], weight):
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable later under no_grad too
+            entry = ((_version(weight), weight.data_ptr(), _sample(weight).clone()), {})
         _PACKED[weight] = entry
     hit = entry[1].get(rows)
     if hit is None:
         w = weight if rows is None else weight[rows[0]:rows[1]]
-        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable later under no_grad too
+        with torch.inference_mode(False), torch.no_grad():
             hit = entry[1][rows] = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous())
     return hit
 
