@@ -48,17 +48,25 @@ def _sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _mallopt(threshold: int) -> None:
-    """Set glibc's mmap threshold (allocations at least this large are mmapped and unmapped on free) and its trim
-    threshold (twice that, glibc's own rule). A no-op where libc is not glibc."""
+def _glibc():
+    """The C library when it is glibc (whose malloc the tuning below speaks to), else None."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _mallopt(threshold: int) -> None:
+    """Set glibc's mmap threshold (allocations at least this large are mmapped and unmapped on free) and its trim
+    threshold (twice that, glibc's own rule). A no-op where libc is not glibc: peaks are then upper-bounded by what
+    the allocator keeps."""
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD; setting it also stops glibc's dynamic adjustment
         libc.mallopt(-1, 2 * threshold)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: peaks are then upper-bounded by what the allocator keeps
-        pass
 
 
 def _return_freed_memory_to_os() -> None:
@@ -66,12 +74,9 @@ def _return_freed_memory_to_os() -> None:
     it on free, so resident memory tracks live tensors (otherwise freed blocks stay resident and are reused without
     a page fault, and a peak reads as zero)."""
     _mallopt(65536)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _keep_freed_memory() -> None:

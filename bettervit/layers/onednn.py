@@ -104,12 +104,6 @@ def linear(
     return torch.ops.mkldnn._linear_pointwise(x, packed(weight, rows), _bias(bias, rows), act, [], algorithm)
 
 
-def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "gelu", algorithm: str = "none",
-               rows: Rows | None = None) -> Tensor:
-    """``linear`` with an activation (GELU by default)."""
-    return linear(x, weight, bias, act, algorithm, rows)
-
-
 def linear_add(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, rows: Rows | None = None) -> Tensor:
     """x @ W.T + b + residual, W = ``weight[rows]``."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed(weight, rows), _bias(bias, rows), "add")

@@ -106,7 +106,7 @@ def rotate(x: Tensor, rot: Tensor) -> Tensor:
     if x.dtype not in (torch.float32, torch.float64):
         return rotate(x.float(), rot).to(x.dtype)
     pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., hd/2) complex, a view
-    return torch.view_as_real(pairs * rot.to(pairs.dtype)).flatten(-2)
+    return torch.view_as_real(pairs * rot).flatten(-2)
 
 
 # --- attention ---------------------------------------------------------------------------------------------------------

@@ -225,7 +225,7 @@ class HieraMlp(Mlp):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if onednn.usable(x):
-            h = onednn.linear_act(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
+            h = onednn.linear(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
             if residual is None:
                 return onednn.linear(h, self.fc2.weight, self.fc2.bias)
             return onednn.linear_add(h, residual, self.fc2.weight, self.fc2.bias)

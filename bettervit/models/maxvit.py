@@ -255,7 +255,7 @@ class TransformerLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if onednn.usable(x) and not self.training:  # inference: fuse GELU into fc1 and the residual adds
             x = self.attn(self.norm1(x), residual=x)
-            h = onednn.linear_act(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, "gelu", "tanh")
+            h = onednn.linear(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, "gelu", "tanh")
             return onednn.linear_add(h, x, self.mlp.fc2.weight, self.mlp.fc2.bias)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
