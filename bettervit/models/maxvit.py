@@ -217,6 +217,12 @@ class RelPosBias(nn.Module):
         return self._gather()
 
 
+def pad_map(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Zeros after the last row / column of a (B, H, W, C) map. What the padding holds never reaches a real token:
+    padded keys are masked in attention and padded queries are cropped away."""
+    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+
+
 class PartitionAttention(nn.Module):
     """Multi-head self-attention inside ph x pw partitions of a (B, H, W, C) map: block or grid.
 
@@ -224,6 +230,14 @@ class PartitionAttention(nn.Module):
     Grid partition:  the window index is the *inner* factor, H = (ph, nh): tokens H/ph apart attend.
     LayerNorm and the qkv projection are per token, so they run on the whole map; a single rearrange then
     partitions q, k and v at once, and one more puts the output back.
+
+    The partition is the one the model was built with (7 x 7 at 224) at every input size. A map that it does not
+    tile (H % ph or W % pw) is padded bottom/right to the next multiple, after the qkv projection (which is per
+    token, so padding the map or its projection is the same), and the padded keys get -inf in the attention bias,
+    so real tokens attend to real tokens only; the padded queries' outputs are cropped off. Every partition holds
+    at least one real token (the padding is shorter than a partition side), so no softmax row is all -inf. Where
+    the partition tiles the map, nothing is padded or masked and the result is that of a model built at that size
+    with the same partition.
     """
 
     def __init__(self, dim: int, cfg: MaxViTConfig, grid: bool) -> None:
@@ -237,21 +251,42 @@ class PartitionAttention(nn.Module):
         if grid:
             self.split = "b (wh nh) (ww nw) (three heads d) -> three (b nh nw) heads (wh ww) d"
             self.merge = "(b nh nw) heads (wh ww) d -> b (wh nh) (ww nw) (heads d)"
+            self.split_mask = "(wh nh) (ww nw) -> (nh nw) (wh ww)"
         else:
             self.split = "b (nh wh) (nw ww) (three heads d) -> three (b nh nw) heads (wh ww) d"
             self.merge = "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)"
+            self.split_mask = "(nh wh) (nw ww) -> (nh nw) (wh ww)"
+
+    def key_mask(self, h: int, w: int, hp: int, wp: int, device: torch.device) -> Tensor:
+        """(nW, 1, 1, N) additive mask: 0 for real keys, -inf for the padding of an (h, w) map padded to (hp, wp)."""
+        ph, pw = self.partition
+        real = (torch.arange(hp, device=device) < h)[:, None] & (torch.arange(wp, device=device) < w)[None, :]
+        real = rearrange(real, self.split_mask, wh=ph, ww=pw)  # (nW, N), windows in the order q/k/v use
+        zero = torch.zeros((), device=device)
+        return torch.where(real, zero, float("-inf"))[:, None, None, :]
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:  # (B, H, W, C)
         """Attention output; with ``residual`` (inference only) returns residual + output from one fused kernel."""
         B, H, W, C = x.shape
         ph, pw = self.partition
-        q, k, v = rearrange(self.qkv(x), self.split, three=3, heads=self.heads, wh=ph, ww=pw)  # (B*nW, nh, N, hd)
+        hp, wp = -(-H // ph) * ph, -(-W // pw) * pw  # padded to whole partitions
+        qkv = self.qkv(x)  # (B, H, W, 3C)
         # A 4-D (1, heads, N, N) bias (not 3-D) lets SDPA pick its fused CPU kernel in inference (~4x faster there);
         # in training (the bias needs a gradient) it falls back to its math path, still faster than with a 3-D bias.
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos().to(q.dtype)[None])
-        o = rearrange(o, self.merge, b=B, nh=H // ph, nw=W // pw, wh=ph, ww=pw)  # (B, H, W, C)
+        bias = self.rel_pos().to(qkv.dtype)[None]
+        padded = (hp, wp) != (H, W)
+        if padded:
+            qkv = pad_map(qkv, hp - H, wp - W)  # (B, hp, wp, 3C)
+            bias = bias + self.key_mask(H, W, hp, wp, x.device).to(bias.dtype)  # (nW, heads, N, N)
+        q, k, v = rearrange(qkv, self.split, three=3, heads=self.heads, wh=ph, ww=pw)  # (B*nW, heads, N, hd)
+        if padded:  # the mask differs per window: (B, nW, heads, N, hd) against the (nW, heads, N, N) bias
+            q, k, v = (t.unflatten(0, (B, -1)) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        o = rearrange(o.flatten(0, 1) if padded else o, self.merge, b=B, nh=hp // ph, nw=wp // pw, wh=ph, ww=pw)
+        if padded:
+            o = o[:, :H, :W]  # (B, H, W, C): the real tokens
         if residual is not None:
-            return onednn.linear_add(o, residual, self.proj.weight, self.proj.bias)
+            return onednn.linear_add(o.contiguous(), residual, self.proj.weight, self.proj.bias)
         return self.proj(o)
 
 
@@ -448,7 +483,7 @@ class MaxViT(Backbone):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def _check(self, x: Tensor) -> None:
-        self.check_input(x, 32, fixed=self.config.input_size)
+        self.check_input(x, 32)  # any H x W multiple of 32: the stem and four stages halve it five times
 
     def _stage(self, stage: Stage, x: Tensor) -> Tensor:
         for block in stage.blocks:
@@ -459,7 +494,10 @@ class MaxViT(Backbone):
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C_in, H, W) -> (B, num_features, H/32, W/32) feature map (channels_last memory)."""
+        """(B, C_in, H, W) -> (B, num_features, H/32, W/32) feature map (channels_last memory).
+
+        H and W may be any multiples of 32, whatever size the model was built for: the attention partition stays
+        the built one (see ``PartitionAttention`` for maps it does not tile)."""
         self._check(x)
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         for stage in self.stages:
