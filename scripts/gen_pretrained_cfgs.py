@@ -17,7 +17,7 @@ KEEP = ("hf_hub_id", "architecture", "tag", "num_classes", "input_size", "fixed_
 
 
 def main() -> None:
-    archs = sorted({n for pat in ("maxvit_*_tf_*", "hiera_*_224", "eva02_*_patch14_*", "eva_giant_*")
+    archs = sorted({n for pat in ("maxvit_*_tf_*", "hiera_*_224", "eva02_*_patch14_*", "eva_giant_*", "sam2_hiera_*", "hiera_*_16x224")
                     for n in timm.list_models(pat)})
     table: dict[str, dict] = {}
     for arch in archs:
