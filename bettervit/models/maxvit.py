@@ -6,7 +6,12 @@ Both attend over w*w tokens, so a block costs O(HW) and two consecutive blocks c
 
 The file reads top to bottom: config -> MBConv -> attention -> MaxViT block -> model -> variants -> checkpoint key map.
 Tensors in the attention half are channels-last (B, H, W, C); the convolution half is NCHW in channels_last memory,
-so switching between the two is a free view.
+so switching between the two is a free view. Each module has one forward, the same for training and inference, on
+any device, under torch.compile and torch.export; CPU inference speed-ups (folded BatchNorm, fused oneDNN kernels,
+packed weights) are a separate pass, ``bettervit.optimize`` (bettervit/optimize/maxvit.py).
+
+Input sizes: any H x W multiple of 32, with the partition (window = grid) the model was built with; see
+``PartitionAttention`` for maps that the partition does not tile.
 """
 from __future__ import annotations
 
@@ -180,13 +185,14 @@ class PartitionAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.rel_pos = RelPosBias(self.heads, cfg.partition)
         self.proj = nn.Linear(dim, dim)
+        # nh, nw: windows per column / row; wh, ww: position inside a window (ph x pw)
         if grid:
             self.split = "b (wh nh) (ww nw) (three heads d) -> three (b nh nw) heads (wh ww) d"
-            self.merge = "(b nh nw) heads (wh ww) d -> b (wh nh) (ww nw) (heads d)"
+            self.merge = "b wh nh ww nw heads d"  # token order of the map: (wh nh) (ww nw)
             self.split_mask = "(wh nh) (ww nw) -> (nh nw) (wh ww)"
         else:
             self.split = "b (nh wh) (nw ww) (three heads d) -> three (b nh nw) heads (wh ww) d"
-            self.merge = "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)"
+            self.merge = "b nh wh nw ww heads d"  # token order of the map: (nh wh) (nw ww)
             self.split_mask = "(nh wh) (nw ww) -> (nh nw) (wh ww)"
 
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
@@ -220,9 +226,12 @@ class PartitionAttention(nn.Module):
         if padded:  # the mask differs per window: (B, nW, heads, N, hd) against the (nW, heads, N, N) bias
             q, k, v = (t.unflatten(0, (B, -1)) for t in (q, k, v))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        if padded:
-            o = o.flatten(0, 1)  # (B*nW, heads, N, hd)
-        o = rearrange(o, self.merge, b=B, nh=hp // ph, nw=wp // pw, wh=ph, ww=pw)  # (B, hp, wp, C)
+        # Back to the map: split the window and token axes, permute (both views), then one explicit copy. The copy
+        # is what a reshape would do anyway; written out, the graph does not depend on the strides SDPA's output
+        # happens to have (they differ between its fused kernels and its decomposition, e.g. in ONNX export).
+        batch = "b (nh nw)" if padded else "(b nh nw)"
+        o = rearrange(o, f"{batch} heads (wh ww) d -> {self.merge}", b=B, nh=hp // ph, wh=ph, ww=pw)
+        o = o.clone(memory_format=torch.contiguous_format).view(B, hp, wp, -1)  # (B, hp, wp, C)
         return o[:, :H, :W] if padded else o
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
