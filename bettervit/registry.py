@@ -52,6 +52,7 @@ def register_model(model_cls: type[nn.Module], *, weights: str | None = None, fa
 
 def _ensure_loaded() -> None:
     from . import models  # noqa: F401  (importing the package registers every variant)
+    from .pretrain import mae  # noqa: F401  (registers the mae_hiera_* variants)
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, onednn
+from ..layers import DropPath, Mlp
 from ..registry import register_model
 from .base import Backbone
 
@@ -176,8 +176,8 @@ def reroll_units(x: Tensor, units: int, levels: int, stride: int = 2) -> Tensor:
 
 class _WindowMax(torch.autograd.Function):
     """``amax(dim)`` with a leaner backward than autograd's own (which turns the bool mask of maxima into floats
-    twice and counts ties in int64, ~2x slower here). The gradient goes to the maxima, split evenly between ties,
-    exactly as for ``amax``."""
+    twice and counts ties in int64). The gradient goes to the maxima, split evenly between ties, exactly as for
+    ``amax``. Only plain tensor ops, so torch.compile traces through it (fullgraph) and Inductor lowers it."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:
@@ -191,7 +191,7 @@ class _WindowMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         x, y = ctx.saved_tensors
         hit = x == y.unsqueeze(ctx.dim)
-        ties = hit.view(torch.uint8).sum(ctx.dim, dtype=torch.uint8)  # counted as bytes: no float copy of the mask
+        ties = hit.sum(ctx.dim, dtype=torch.uint8)  # counted as bytes: no float copy of the mask
         share = grad / ties  # ties (e.g. a constant image) share the gradient
         return hit * share.unsqueeze(ctx.dim), None
 
@@ -225,9 +225,12 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """(B, N, C) -> (B, N', C_out); with ``residual`` (CPU fp32 inference only) residual + output, one kernel."""
-        B, N, _ = x.shape
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, N', C_out)
+        return self.proj(self.attend(self.qkv(x)))
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Projected (B, N, 3 * C_out) q, k, v -> (B, N', C_out) attention output, before the output projection."""
+        B, N, _ = qkv.shape
         # Mask-unit attention folds the units into the batch; global attention sees all N tokens at once. Either way
         # q, k, v are 4-D (batch, heads, tokens, head_dim), which SDPA's fused kernels accept.
         if self.unit_attn:
@@ -235,10 +238,6 @@ class MaskUnitAttention(nn.Module):
             G, T, U = B * units, N // units, 1
         else:  # U: units, only needed to locate the pooling windows
             G, T, U = B, N, N // (self.q_stride * self.window_size) if self.q_stride > 1 else 1
-        if residual is not None:  # CPU fp32 inference (see HieraBlock.forward): oneDNN on the packed weight
-            qkv = onednn.linear(x, self.qkv.weight, self.qkv.bias)
-        else:
-            qkv = self.qkv(x)
         # (G, T, 3, nh, hd) -> 3 x (G, nh, T, hd) views. Unbinding dim 2 (not permuting 3 to the front first) makes
         # the backward stack the three gradients straight into the token-major layout the qkv matmul reads: one copy.
         q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.heads, self.head_dim).unbind(2))
@@ -246,25 +245,7 @@ class MaskUnitAttention(nn.Module):
             q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
             q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
-        x = x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
-        if residual is not None:
-            return onednn.linear_add(x, residual, self.proj.weight, self.proj.bias)
-        return self.proj(x)
-
-
-class HieraMlp(Mlp):
-    """Linear -> GELU (erf) -> Linear, plus an optional residual. In CPU fp32 inference fc1 + GELU and fc2 + residual
-    each run as one oneDNN kernel: the same math without writing and re-reading the 4x-wide hidden activation or the
-    block output (on a 2-core CPU GELU alone costs ~40% of fc1, a residual add ~60% of fc2)."""
-
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if onednn.usable(x):
-            h = onednn.linear(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
-            if residual is None:
-                return onednn.linear(h, self.fc2.weight, self.fc2.bias)
-            return onednn.linear_add(h, residual, self.fc2.weight, self.fc2.bias)
-        y = self.fc2(self.act(self.fc1(x)))
-        return y if residual is None else y.add_(residual)
+        return x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
 
 
 class HieraBlock(nn.Module):
@@ -291,62 +272,21 @@ class HieraBlock(nn.Module):
         self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = HieraMlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
-
-    # On CPU, blocks with many tokens run in pieces: in inference mask-unit blocks by units (see _in_chunks), in
-    # training any block by whole images (at the stride-4 stage ~1.15x faster forward + backward on a 2-core CPU:
-    # fewer tensors above glibc's 32 MB mmap threshold, each of which page-faults afresh on every allocation).
-    chunk_tokens = 4096
-    train_chunk_tokens = 8192
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
     def forward(self, x: Tensor) -> Tensor:
-        if onednn.usable(x) and not self.training:  # CPU fp32 inference: oneDNN kernels, residuals fused
-            if self.attn.unit_attn and x.shape[0] * x.shape[1] >= 2 * self.chunk_tokens:
-                return self._in_chunks(x)
-            return self._forward_inference(x)
-        B, N, _ = x.shape
-        if x.device.type == "cpu" and B > 1 and B * N >= 2 * self.train_chunk_tokens:
-            return torch.cat([self._forward_train(c) for c in x.split(max(1, self.train_chunk_tokens // N))])
-        return self._forward_train(x)
-
-    def _forward_train(self, x: Tensor) -> Tensor:
         x_norm = self.norm1(x)
         if self.proj is not None:
-            x = self._pool(self.proj(x_norm))
+            x = self.pool(self.proj(x_norm))
         # residuals are added into the fresh branch output: one large allocation fewer per add
         x = self.drop_path(self.attn(x_norm)).add_(x)
-        if isinstance(self.drop_path, nn.Identity):
-            return self.mlp(self.norm2(x), residual=x)
         return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
-    def _pool(self, x: Tensor) -> Tensor:
+    def pool(self, x: Tensor) -> Tensor:
         """The projected residual, max-pooled like the queries at a stage's first block."""
         if self.q_stride == 1:
             return x
         return pool_tokens(x, x.shape[1] // (self.q_stride * self.window_size), self.q_stride)
-
-    def _forward_inference(self, x: Tensor) -> Tensor:
-        x_norm = self.norm1(x)
-        if self.proj is not None:
-            x = self._pool(onednn.linear(x_norm, self.proj.weight, self.proj.bias))
-        x = self.attn(x_norm, residual=x)
-        return self.mlp(self.norm2(x), residual=x)
-
-    def _in_chunks(self, x: Tensor) -> Tensor:
-        """The same block, a few thousand tokens at a time.
-
-        With mask-unit attention every unit is computed on its own, and the unit-major token order (see ``unroll``)
-        keeps a unit's tokens contiguous: (B, N, C) -> (B * units, tokens per unit, C) makes each unit a batch item
-        with the same result, and the batch can be split anywhere. At the stride-4 stage a batch of 8 is 25k tokens,
-        whose 4x-wide MLP activation alone is 38 MB; in chunks of 4096 tokens the intermediates stay in cache
-        instead of streaming through memory, and those blocks run ~1.3-1.7x faster on a 2-core CPU.
-        """
-        B, N, C = x.shape
-        unit = self.q_stride * self.window_size  # input tokens per mask unit
-        units = x.reshape(B * N // unit, unit, C)
-        per = max(1, self.chunk_tokens // unit)
-        out = torch.cat([self._forward_inference(chunk) for chunk in units.split(per)])
-        return out.view(B, -1, self.dim_out)
 
 
 class PatchEmbed(nn.Module):
@@ -806,5 +746,3 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
         out[k] = v
     return out
 
-
-from ..pretrain import mae as _mae  # noqa: E402,F401  (registers the mae_hiera_* variants)
