@@ -279,7 +279,7 @@ def test_api_helpers():
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 10) and model.config.num_classes == 10
     model.reset_classifier(0)
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 192)
-    entry = bettervit.registry.get_entry("eva02_base_patch14_448")
+    entry = bettervit.factory.get_entry("eva02_base_patch14_448")
     assert entry.weights == "timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
 
 
