@@ -83,5 +83,5 @@ class ViTDetBackbone(nn.Module):
         p = 2 * self.backbone.config.patch_size
         if x.ndim == 4 and (x.shape[-2] % p or x.shape[-1] % p):
             raise ValueError(f"ViTDet input height and width must be multiples of {p}, got {tuple(x.shape[-2:])}")
-        (feat,) = self.backbone.forward_intermediates(x, indices=[-1])  # (B, C, h, w), last block
+        (feat,) = self.backbone.forward_intermediates(x, indices=1, intermediates_only=True)  # (B, C, h, w), last block
         return dict(zip(self.names, self.pyramid(feat)))
