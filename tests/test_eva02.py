@@ -252,15 +252,6 @@ def test_tables_cached_under_inference_mode_serve_training():
     assert model.blocks[0].attn.qkv.weight.grad is not None
 
 
-def test_torch_compile_tiny_runs():
-    """The tiny variant (2 blocks to keep compile time down) compiles and matches eager."""
-    model = bettervit.create_model("eva02_tiny_patch14_224", depth=2).eval()
-    x = torch.randn(1, 3, 56, 56)
-    compiled = torch.compile(model)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
-
-
 def test_forward_intermediates_chosen_blocks():
     model = bettervit.create_model("eva02_tiny_patch14_224", depth=4).eval()
     x = torch.randn(2, 3, 56, 84)
@@ -324,15 +315,3 @@ def test_deepcopy_and_half_precision_tables():
         m2 = copy.deepcopy(model).to(torch.bfloat16)
         y = m2(torch.randn(1, 3, 28, 28, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
-
-
-def test_packed_swiglu_gradient_matches_autograd():
-    from bettervit.models.eva02 import _PackedSwiGLU
-
-    y = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_PackedSwiGLU.apply, (y,))
-    g = torch.randn(2, 5, 8, dtype=torch.float64)
-    gate, value = y.chunk(2, dim=-1)
-    (ref,) = torch.autograd.grad(torch.nn.functional.silu(gate) * value, y, g)
-    (got,) = torch.autograd.grad(_PackedSwiGLU.apply(y), y, g)
-    torch.testing.assert_close(got, ref)

@@ -176,32 +176,6 @@ class Attention(nn.Module):
 
 
 # --- SwiGLU MLP ----------------------------------------------------------------------------------------------------------
-class _PackedSwiGLU(torch.autograd.Function):
-    """silu(gate) * value from a packed fc1 output y = [gate | value] (..., 2h) -> (..., h).
-
-    Autograd would run ``chunk`` backward as a concatenation of the two half gradients (one more pass over the
-    widest activation of the block); here both halves are written straight into one (..., 2h) tensor.
-    """
-
-    @staticmethod
-    def forward(ctx, y: Tensor) -> Tensor:
-        gate, value = y.chunk(2, dim=-1)
-        act = F.silu(gate)
-        ctx.save_for_backward(y, act)
-        return act * value
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        y, act = ctx.saved_tensors
-        gate, value = y.chunk(2, dim=-1)
-        grad_y = torch.empty_like(y)
-        grad_gate, grad_value = grad_y.chunk(2, dim=-1)
-        torch.mul(grad, act, out=grad_value)
-        torch.ops.aten.silu_backward.grad_input(grad * value, gate, grad_input=grad_gate)
-        return grad_y
-
-
 class SwiGLU(nn.Module):
     """silu(x W_g) * (x W_x), then W_2. Packed (one fc1 = [gate; value]) or split with a hidden LayerNorm (sub-LN)."""
 
@@ -219,10 +193,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed:
-            y = self.fc1(x)  # (..., 2 * hidden): [gate | value]
-            if torch.is_grad_enabled() and y.requires_grad and not torch.compiler.is_compiling():
-                return self.fc2(_PackedSwiGLU.apply(y))  # eager training: the leaner backward
-            gate, value = y.chunk(2, dim=-1)
+            gate, value = self.fc1(x).chunk(2, dim=-1)  # (..., hidden) each: [gate | value]
             return self.fc2(F.silu(gate) * value)
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
@@ -370,7 +341,13 @@ class Eva02(Backbone):
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
-        """The absolute position embedding at ``grid``: stored grid as is, else bicubic-resized (cached w/o grad)."""
+        """The absolute position embedding at ``grid``: stored grid as is, else bicubic-resized (cached w/o grad).
+
+        Under torch.export it is always resampled (an identity at the stored grid), so an export with a dynamic
+        height and width does not specialise on whether the grid equals the stored one.
+        """
+        if torch.compiler.is_exporting():
+            return resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
         if grid == self.grid:
             return self.pos_embed
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
