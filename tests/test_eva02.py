@@ -315,3 +315,15 @@ def test_deepcopy_and_half_precision_tables():
         m2 = copy.deepcopy(model).to(torch.bfloat16)
         y = m2(torch.randn(1, 3, 28, 28, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+def test_packed_swiglu_gradient_matches_autograd():
+    from bettervit.models.eva02 import _PackedSwiGLU
+
+    y = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_PackedSwiGLU.apply, (y,))
+    g = torch.randn(2, 5, 8, dtype=torch.float64)
+    gate, value = y.chunk(2, dim=-1)
+    (ref,) = torch.autograd.grad(torch.nn.functional.silu(gate) * value, y, g)
+    (got,) = torch.autograd.grad(_PackedSwiGLU.apply(y), y, g)
+    torch.testing.assert_close(got, ref)
