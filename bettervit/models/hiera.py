@@ -14,8 +14,12 @@ mask unit is a contiguous run of tokens, and inside it the four members of every
 quarter of the unit apart. Pooling is then ``view(..., 4, n/4, C).amax``, mask-unit attention is plain batched
 attention over (B * units, tokens-per-unit), and MAE can drop masked units by indexing whole runs.
 
+Any input whose sides are multiples of 32 (one mask unit) runs, square or not; the position embedding is resampled
+to the input's grid. The model API (forward_intermediates, feature_info, prune / reset) follows timm's Hiera.
+
 The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
 map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load.
+One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """
 from __future__ import annotations
 
