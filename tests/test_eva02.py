@@ -277,7 +277,7 @@ def test_api_helpers():
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 10) and model.config.num_classes == 10
     model.reset_classifier(0)
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 192)
-    entry = bettervit.registry.get_entry("eva02_base_patch14_448")
+    entry = bettervit.factory.get_entry("eva02_base_patch14_448")
     assert entry.weights == "timm/eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
 
 
@@ -294,9 +294,9 @@ def test_bad_input_raises_value_error(shape, match):
 def test_bad_arguments_raise_value_error():
     model = bettervit.create_model("eva02_tiny_patch14_224", depth=2)
     x = torch.randn(1, 3, 28, 28)
-    with pytest.raises(ValueError, match="feature indices"):
+    with pytest.raises(ValueError, match="feature index"):
         model.forward_intermediates(x, indices=[5])
-    with pytest.raises(ValueError, match="last-n"):
+    with pytest.raises(ValueError, match="last-n feature count"):
         model.forward_intermediates(x, indices=3)
     with pytest.raises(ValueError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")
