@@ -318,6 +318,7 @@ class Eva02(Backbone):
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._rope_cache: dict[tuple, Rope] = {}
         self._pos_cache: dict[tuple, tuple[int, Tensor]] = {}
+        self._register_rope_buffers()
         self.init_weights()
 
     @torch.no_grad()
@@ -338,20 +339,41 @@ class Eva02(Backbone):
             self.head.weight.mul_(0.001)
 
     # --- position embeddings for the actual grid ------------------------------------------------------------------
-    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype, num_prefix: int | None = None
-             ) -> Rope:
-        """RoPE tables (num_prefix + h*w, hd) for ``grid`` (float64 for float64 models, else float32), built once per
-        (grid, prefix, device, dtype); ``num_prefix`` defaults to the model's prefix tokens."""
-        num_prefix = self.num_prefix_tokens if num_prefix is None else num_prefix
+    def _build_rope(self, grid: tuple[int, int], num_prefix: int, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> Rope:
         c = self.config
-        build = lambda: rope_tables(grid, c.embed_dim // c.num_heads, num_prefix, c.rope_ref_grid, c.rope_theta)  # noqa
+        cos, sin = rope_tables(grid, c.embed_dim // c.num_heads, num_prefix, c.rope_ref_grid, c.rope_theta)
+        return cos.to(device, dtype), sin.to(device, dtype)
+
+    def _register_rope_buffers(self) -> None:
+        """RoPE tables for the built grid (and for one window) as non-persistent buffers, in float32 (float64 for a
+        float64 model) whatever the model is cast to: a compiled graph reads them as inputs instead of recomputing
+        sin/cos inside every kernel that rotates q and k, as it would for tables built in the traced code."""
+        ref = self.pos_embed
+        dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        for name, t in zip(("rope_cos", "rope_sin"), self._build_rope(self.grid, self.num_prefix_tokens, ref.device,
+                                                                        dtype)):
+            self.register_buffer(name, t, persistent=False)
+        ws = self.config.window_size
+        if ws:
+            for name, t in zip(("rope_window_cos", "rope_window_sin"), self._build_rope((ws, ws), 0, ref.device, dtype)):
+                self.register_buffer(name, t, persistent=False)
+
+    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype, window: bool = False) -> Rope:
+        """RoPE tables (num_prefix + h*w, hd) for ``grid`` (float64 for float64 models, else float32), or for one
+        window (``window``, no prefix tokens): the buffers for the built grid, else built once per (grid, device,
+        dtype) and cached (traced: built in the graph)."""
+        if window:
+            return self.rope_window_cos, self.rope_window_sin
+        if not torch.compiler.is_exporting() and grid == self.grid:  # export: no specialisation on the grid
+            return self.rope_cos, self.rope_sin
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        if torch.compiler.is_compiling():  # traced into the graph (and constant-folded), no Python-side cache
-            return tuple(t.to(device, table_dtype) for t in build())
-        key = (grid, num_prefix, device, dtype)
+        if torch.compiler.is_compiling():
+            return self._build_rope(grid, self.num_prefix_tokens, device, table_dtype)
+        key = (grid, device, table_dtype)
         if key not in self._rope_cache:
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
-                self._rope_cache[key] = tuple(t.to(device, table_dtype) for t in build())
+                self._rope_cache[key] = self._build_rope(grid, self.num_prefix_tokens, device, table_dtype)
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
@@ -378,7 +400,9 @@ class Eva02(Backbone):
     def _apply(self, fn, recurse=True):
         self._rope_cache.clear()  # tables follow the module's device / dtype
         self._pos_cache.clear()
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        self._register_rope_buffers()  # rebuilt rather than cast: they stay float32 in a half model
+        return self
 
     def feat_size(self, img: tuple[int, int]) -> tuple[int, int]:
         """The token grid (h, w) for an H x W input (rounded up with ``dynamic_img_pad``)."""
@@ -412,8 +436,7 @@ class Eva02(Backbone):
     def ropes(self, grid: tuple[int, int], x: Tensor) -> tuple[Rope, Rope]:
         """RoPE tables for global blocks (the whole grid) and for windowed blocks (one window, no prefix tokens)."""
         rope = self.rope(grid, x.device, x.dtype)
-        ws = self.config.window_size
-        return rope, self.rope((ws, ws), x.device, x.dtype, num_prefix=0) if ws else rope
+        return rope, self.rope(grid, x.device, x.dtype, window=True) if self.config.window_size else rope
 
     def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope, Rope], grid: tuple[int, int]) -> Tensor:
         rope = ropes[1] if blk.window_size else ropes[0]
