@@ -70,6 +70,16 @@ def _pair(kind, what: str):
     return parse
 
 
+def _impl_list(s: str) -> list[str]:
+    from .bench import IMPLS
+
+    names = [t.strip() for t in s.split(",") if t.strip()]
+    bad = [n for n in names if n not in IMPLS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(IMPLS)}, got {s!r}")
+    return names
+
+
 _POS_FLOAT = _float_in(0.0, float("inf"), lo_open=True)
 _NONNEG_FLOAT = _float_in(0.0, float("inf"))
 _UNIT = _float_in(0.0, 1.0)
@@ -157,12 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("images", nargs="+", metavar="IMAGE")
 
-    s = sub.add_parser("bench", help="inference and training-step throughput")
+    s = sub.add_parser("bench", help="bettervit vs timm: img/s, peak memory, MFU (inference and training step)")
     s.add_argument("--model", required=True)
-    s.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
+                   help="autocast dtype (default: bf16 on cuda, none on cpu)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the models (see --impls)")
+    s.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    s.add_argument("--batch-size", type=_int_at_least(1), default=None, help="default 8 on cpu, 128 on cuda")
     s.add_argument("--img-size", type=_int_at_least(8), default=None)
     s.add_argument("--repeats", type=_int_at_least(1), default=10)
+    s.add_argument("--warmup", type=_int_at_least(1), default=3)
     s.add_argument("--no-train", dest="train", action="store_false", help="inference only")
+    s.add_argument("--impls", type=_impl_list, default=None,
+                   help="comma list of plain, optimized, compiled, timm, timm-compiled (default: cpu: plain, "
+                        "optimized, timm, timm-compiled (+ compiled with --compile); cuda: plain, timm or, with "
+                        "--compile, compiled, timm-compiled)")
+    s.add_argument("--no-timm", dest="timm", action="store_false", help="bettervit alone even if timm is installed")
+    s.add_argument("--peak-tflops", type=_POS_FLOAT, default=None,
+                   help="the device's peak for MFU (default: known-GPU table on cuda, measured matmul on cpu)")
+    s.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads for torch")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     return p
 
 
@@ -391,13 +417,21 @@ def _model_img_size(model) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    import torch
 
+    from .bench import run_benchmark
     from .registry import get_entry
 
-    get_entry(args.model)
-    run_benchmark(args.model, batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
-                  train=args.train)
+    get_entry(args.model)  # an unknown name is reported before anything is built
+    dev = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.json and Path(args.json).parent and not Path(args.json).parent.is_dir():
+        raise CliError(f"--json: directory not found: {Path(args.json).parent}")
+    run_benchmark(args.model, batch_size=args.batch_size or (128 if dev.type == "cuda" else 8),
+                  img_size=args.img_size, repeats=args.repeats, train=args.train, device=dev, amp=args.amp,
+                  compile=args.compile, compile_mode=args.compile_mode, impls=args.impls, warmup=args.warmup,
+                  peak_tflops=args.peak_tflops, use_timm=args.timm, json_path=args.json)
     return 0
 
 

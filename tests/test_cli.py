@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +119,6 @@ def test_pretrain_mim_loss_falls(tmp_path):
     sd = load_checkpoint(out / "last.pt")["model"]
     k = next(k for k in clf.state_dict() if k.endswith("attn.qkv.weight") or k.endswith("attn.q_proj.weight"))
     assert torch.equal(clf.state_dict()[k], sd["encoder." + k])
-
-
-def test_bench_delegates(monkeypatch):
-    calls = []
-    fake = types.ModuleType("bettervit.bench")
-    fake.run_benchmark = lambda model, batch_size, img_size, repeats, train: calls.append(
-        (model, batch_size, img_size, repeats, train))
-    monkeypatch.setitem(sys.modules, "bettervit.bench", fake)
-    assert main(["bench", "--model", "hiera_nano", "--batch-size", "2", "--img-size", "64", "--repeats", "3",
-                 "--no-train"]) == 0
-    assert calls == [("hiera_nano", 2, 64, 3, False)]
 
 
 # --- bad input: exit 2, one line on stderr, no traceback, nothing written ---------------------------------------
