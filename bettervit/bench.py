@@ -84,7 +84,7 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _loss(out: Any) -> Tensor:
+def step_loss(out: Any) -> Tensor:
     """The scalar a training step differentiates: fp32 log-sum-exp of the logits (any output with ``.loss`` uses it)."""
     if hasattr(out, "loss"):
         return out.loss
@@ -111,7 +111,7 @@ def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train
     x = torch.empty(batch, _in_chans(model), h, w, device="meta")
     model.train(train)
     if train:
-        return count_flops(lambda: _loss(model(x)).backward())
+        return count_flops(lambda: step_loss(model(x)).backward())
     with torch.no_grad():
         return count_flops(lambda: model(x))
 
@@ -269,7 +269,7 @@ def make_step(model: nn.Module, x: Tensor, train: bool, amp: str = "none") -> Ca
             model.zero_grad(set_to_none=True)
             with autocast():
                 out = model(x)
-            _loss(out).backward()
+            step_loss(out).backward()
     else:
         def run() -> None:
             with torch.inference_mode(), autocast():
@@ -316,7 +316,7 @@ class Result:
         return d
 
 
-def _short_error(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
@@ -364,8 +364,8 @@ def compare(
                 if i == 0:
                     results[k].first_call_s = last[k]
         except Exception as e:  # noqa: BLE001 - report and go on with the others
-            log.info("%s %s failed: %s", k, mode, _short_error(e))
-            results[k].error = _short_error(e)
+            log.info("%s %s failed: %s", k, mode, short_error(e))
+            results[k].error = short_error(e)
             del steps[k]
     for k in steps:
         results[k].steps_per_repeat = max(1, int(min_repeat_s / max(last[k], 1e-6)) + 1) if min_repeat_s else 1
@@ -380,7 +380,7 @@ def compare(
                 _sync(dev)
                 results[k].seconds.append((time.perf_counter() - t) / n)
             except Exception as e:  # noqa: BLE001
-                results[k].error = _short_error(e)
+                results[k].error = short_error(e)
                 del steps[k]
     if measure_memory:
         for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
@@ -412,7 +412,7 @@ def timm_model(name: str, ours: nn.Module, img_size: int | tuple[int, int] | Non
     try:
         ref = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - no timm model of that name: measure ours alone
-        log.info("timm has no %s (%s)", name, _short_error(e))
+        log.info("timm has no %s (%s)", name, short_error(e))
         return None
     weights.load_into(ours, ref.state_dict(), source="timm model")  # same weights on both sides
     return ref
@@ -475,7 +475,7 @@ def build_impls(
                 try:
                     out[name] = opt(ours)
                 except Exception as e:  # noqa: BLE001
-                    skipped[name] = _short_error(e)
+                    skipped[name] = short_error(e)
         elif name in ("timm", "timm-compiled"):
             if ref is None:
                 skipped[name] = "timm not importable"

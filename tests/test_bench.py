@@ -125,3 +125,57 @@ def test_bench_cuda_without_a_gpu_is_one_line(capsys):
     assert main(["bench", "--model", "hiera_nano", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "bettervit bench: error: --device cuda requested but no CUDA device is available"
+
+
+def _bench_gpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_gpu_smoke_runs_every_part(tmp_path):
+    """benchmarks/bench_gpu.py --smoke on the CPU: every part runs and lands in results.json and the profile file
+    (the compile backend is "eager" here, to keep the test short: Dynamo traces, nothing is code-generated)."""
+    mod = _bench_gpu()
+    out = tmp_path / "out"
+    assert mod.main(["--smoke", "--out", str(out), "--models", "hiera_nano", "--warmup", "1", "--repeats", "1",
+                     "--compile-backend", "eager", "--no-timm"]) == 0
+    d = json.loads((out / "results.json").read_text())
+    assert d["setup"]["smoke"] and d["errors"] == [] and d["skipped"] == []
+    for section in ("eager", "compiled"):
+        for mode in ("infer", "train"):
+            r = d[section]["hiera_nano"][mode]["bettervit"]
+            assert r["error"] is None and r["img_per_s"] > 0 and r["peak_mb"] is not None
+            assert r["flops"] == bench.model_flops("hiera_nano", 2, 64, train=mode == "train")
+    mem = d["memory"]["hiera_nano"]["bettervit"]
+    assert mem["train_peak_mb"] > 0 and mem["params_mb"] == pytest.approx(4 * 1.433416e6 / 2**20, rel=1e-3)
+    check = d["check"]["hiera_nano"]
+    assert check["ok"] and check["params_with_grad"] > 10 and check["grads_rel_err"] < 1e-6
+    table = (out / "profile_hiera_nano.txt").read_text()
+    for impl in ("bettervit eager", "bettervit compiled"):
+        for mode in ("infer", "train"):
+            assert f"=== {impl} {mode} ===" in table
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "profile_hiera_nano.txt", "results.json"]
+
+
+def test_bench_gpu_records_failures_and_the_budget(tmp_path):
+    mod = _bench_gpu()
+    out = tmp_path / "out"
+    # an unknown compile backend: the failure is recorded and the run goes on to the next part
+    assert mod.main(["--smoke", "--out", str(out), "--models", "hiera_nano", "--large", "--parts",
+                     "compiled,check,profile", "--warmup", "1", "--repeats", "1", "--compile-backend",
+                     "no_such_backend", "--no-timm"]) == 0
+    d = json.loads((out / "results.json").read_text())
+    assert [e["what"] for e in d["errors"]] == ["compile hiera_nano"] and "no_such_backend" in d["errors"][0]["error"]
+    assert d["compiled"] == {} and d["check"] == {} and d["profile"]["hiera_nano"] == ["bettervit eager infer",
+                                                                                     "bettervit eager train"]
+    assert mod.main(["--smoke", "--out", str(out), "--models", "hiera_nano", "--large", "--parts", "eager",
+                     "--budget", "0", "--no-timm"]) == 0
+    d = json.loads((out / "results.json").read_text())
+    assert d["eager"] == {} and [s.split(" (")[0] for s in d["skipped"]] == ["eager hiera_nano infer",
+                                                                         "eager hiera_nano train"]
