@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the device's peak for MFU (default: known-GPU table on cuda, measured matmul on cpu)")
     s.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads for torch")
     s.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+    s = sub.add_parser("export", help="torch.export (.pt2) or ONNX file, checked against eager")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", default=None, help="a run checkpoint or weight file (default: released weights)")
+    s.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    s.add_argument("--output", required=True, metavar="FILE")
+    s.add_argument("--img-size", type=_int_at_least(8), default=None, help="example input size (default: the model's)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    hw = s.add_mutually_exclusive_group()
+    hw.add_argument("--dynamic-hw", dest="dynamic_hw", action="store_true", default=None,
+                    help="require a dynamic H x W (default: dynamic where the model allows)")
+    hw.add_argument("--static-hw", dest="dynamic_hw", action="store_false", help="export H x W as fixed")
+    s.add_argument("--static-batch", action="store_true", help="export the batch dimension as fixed")
+    s.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against eager")
     return p
 
 
@@ -435,6 +449,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_model
+    from .registry import get_entry
+
+    get_entry(args.model)  # an unknown name is reported before anything is read
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"output directory not found: {out.parent}")
+    if args.format == "onnx":
+        from .export import require_onnx
+
+        try:
+            require_onnx()
+        except ImportError as e:
+            raise CliError(str(e)) from None
+    model, _ = _load_for_inference(args.model, args.checkpoint, None, args.img_size, "cpu")
+    try:
+        report = export_model(model, args.format, out, img_size=args.img_size, dynamic_batch=not args.static_batch,
+                              dynamic_hw=args.dynamic_hw, verify=args.verify, overwrite=args.overwrite)
+    except ExportError as e:
+        sys.stderr.write(f"bettervit export: failed: {' '.join(str(e).split())}\n")
+        return 1
+    print(report.summary())
+    return 0
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -458,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     _setup_logging(args.quiet)
     commands = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-                "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench}
+                "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench,
+                "export": cmd_export}
     from .train.engine import Diverged
 
     try:
