@@ -99,8 +99,18 @@ def _meta_model(name: str, **kwargs: Any) -> nn.Module:
         return create_model(name, **kwargs)
 
 
-def _in_chans(model: nn.Module) -> int:
+def in_chans(model: nn.Module) -> int:
+    """Input channels of a model (timm's attribute, else bettervit's config)."""
     return int(getattr(model, "in_chans", None) or getattr(getattr(model, "config", None), "in_chans", 3))
+
+
+def model_img_size(model: nn.Module) -> tuple[int, int]:
+    """(H, W) the model was built for: ``config.img_size`` or timm's ``pretrained_cfg['input_size']``."""
+    size = getattr(getattr(model, "config", None), "img_size", None)
+    if size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train: bool, **kwargs: Any) -> int:
@@ -108,7 +118,7 @@ def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train
     model on a batch, counted on the meta device. Raises when the model cannot run there (data-dependent shapes)."""
     model = _meta_model(name, img_size=img_size, **kwargs)
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.empty(batch, _in_chans(model), h, w, device="meta")
+    x = torch.empty(batch, in_chans(model), h, w, device="meta")
     model.train(train)
     if train:
         return count_flops(lambda: step_loss(model(x)).backward())
@@ -124,11 +134,10 @@ def count_model(name: str) -> dict[str, Any]:
     from . import create_model
 
     model = _meta_model(name)
-    size = getattr(model.config, "img_size", 224)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    res: dict[str, Any] = {"img_size": size if isinstance(size, int) else [h, w],
+    h, w = model_img_size(model)
+    res: dict[str, Any] = {"img_size": h if h == w else [h, w],
                            "params": sum(p.numel() for p in model.parameters()), "flops": None}
-    x = torch.empty(1, _in_chans(model), h, w, device="meta")
+    x = torch.empty(1, in_chans(model), h, w, device="meta")
     try:
         with torch.no_grad():
             res["flops"] = count_flops(lambda: model.eval()(x))
@@ -136,10 +145,14 @@ def count_model(name: str) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - data-dependent shapes: count on the CPU
         log.debug("%s: cannot count FLOPs on the meta device (%s); counting on the CPU", name, e)
     try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         torch.manual_seed(0)
         cpu = create_model(name).eval()
-        with torch.no_grad():
-            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, _in_chans(cpu), h, w)))
+        # the plain math: grad enabled (no CPU inference kernel hides from the counter) and SDPA's math backend (the
+        # counter has no formula for the CPU flash-attention op; on meta SDPA is counted as its matmuls)
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, in_chans(cpu), h, w)))
     except Exception as e:  # noqa: BLE001
         log.debug("%s: cannot count FLOPs: %s", name, e)
     return res
@@ -522,15 +535,14 @@ def run_benchmark(
         raise ValueError(f"amp: expected one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     torch.manual_seed(0)
     ours = create_model(model, img_size=img_size)
-    size = getattr(ours.config, "img_size", img_size or 224)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = model_img_size(ours)
     ref = timm_model(model, ours, img_size) if use_timm else None
     ours.to(dev)
     if ref is not None:
         ref.to(dev)
     explicit = impls is not None
     impls = list(impls) if explicit else default_impls(dev, compile, ref is not None)
-    x = torch.randn(batch_size, _in_chans(ours), h, w, device=dev)
+    x = torch.randn(batch_size, in_chans(ours), h, w, device=dev)
 
     if peak_tflops is None:
         if dev.type == "cuda":
@@ -558,7 +570,7 @@ def run_benchmark(
         # compiled training steps only when asked for (on the CPU the defaults compile for inference alone)
         names = impls if (explicit or compile or not is_train) else [i for i in impls if not i.endswith("compiled")]
         try:
-            flops = model_flops(model, batch_size, size, train=is_train)
+            flops = model_flops(model, batch_size, h if h == w else (h, w), train=is_train)
         except Exception as e:  # noqa: BLE001 - counted on the real model by compare()
             log.debug("%s: cannot count FLOPs on meta (%s)", model, e)
             flops = None

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from .bench import in_chans, model_img_size
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "pt2")
@@ -88,15 +90,6 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:400]
 
 
-def default_img_size(model: nn.Module) -> tuple[int, int]:
-    """(H, W) the model was built for: ``config.img_size`` or timm's ``pretrained_cfg['input_size']``."""
-    size = getattr(getattr(model, "config", None), "img_size", None)
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def size_multiple(model: nn.Module) -> int:
     """The stride every side of an input must be a multiple of: the largest reduction in ``feature_info`` (32 for
     MaxViT and Hiera, the patch size for EVA-02), else ``config.patch_size``, else 32."""
@@ -131,10 +124,6 @@ def _quiet_onnx() -> Iterator[None]:
         lg.setLevel(old)
 
 
-def _in_chans(model: nn.Module) -> int:
-    return int(getattr(model, "in_chans", None) or getattr(getattr(model, "config", None), "in_chans", 3))
-
-
 def export_model(
     model: nn.Module,
     fmt: str,
@@ -167,9 +156,9 @@ def export_model(
         require_onnx()
     t0 = time.perf_counter()
     model = model.eval().cpu().float()
-    hw = default_img_size(model) if img_size is None else (
+    hw = model_img_size(model) if img_size is None else (
         (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1])))
-    chans = _in_chans(model)
+    chans = in_chans(model)
     m = size_multiple(model)
     auto_hw = dynamic_hw is None
     if auto_hw:

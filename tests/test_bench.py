@@ -179,3 +179,40 @@ def test_bench_gpu_records_failures_and_the_budget(tmp_path):
     d = json.loads((out / "results.json").read_text())
     assert d["eager"] == {} and [s.split(" (")[0] for s in d["skipped"]] == ["eager hiera_nano infer",
                                                                          "eager hiera_nano train"]
+
+
+# --- `bettervit models`: parameters and GMACs from a generated table --------------------------------------------
+def test_count_model_counts_full_size_on_meta():
+    c = bench.count_model("hiera_tiny_224")
+    assert c["img_size"] == 224 and c["params"] == 27_910_216
+    assert c["flops"] / 2e9 == pytest.approx(4.90, rel=0.01)
+
+
+def test_counts_table_has_every_registered_model():
+    from bettervit._counts import COUNTS
+    from bettervit.registry import list_models
+
+    missing, stale = sorted(set(list_models()) - set(COUNTS)), sorted(set(COUNTS) - set(list_models()))
+    assert not missing and not stale, f"run scripts/model_counts.py (missing {missing}, not registered {stale})"
+
+
+@pytest.mark.parametrize("name", ["hiera_nano", "maxvit_nano", "eva02_tiny_patch14_224", "hiera_tiny_224",
+                                  "mae_hiera_nano"])
+def test_counts_table_equals_a_fresh_count(name):
+    from bettervit._counts import COUNTS
+
+    c = bench.count_model(name)
+    assert COUNTS[name] == (c["img_size"], c["params"], c["flops"]), "run scripts/model_counts.py"
+
+
+def test_models_command_reads_the_table_and_counts_mae(monkeypatch, capsys):
+    def no_building(name):
+        raise AssertionError(f"{name} was built")
+
+    monkeypatch.setattr(bench, "count_model", no_building)
+    assert main(["models"]) == 0
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[2:]]
+    by_name = {r[0]: r for r in rows}
+    assert all(r[3] != "?" and r[4] != "?" for r in rows)
+    assert float(by_name["mae_hiera_tiny_224"][4]) > float(by_name["hiera_tiny_224"][4]) * 0.5  # encoder + decoder
+    assert by_name["hiera_tiny_224"][3:5] == ["27.91", "4.90"]
