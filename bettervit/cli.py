@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands
 # ---------------------------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import get_entry, list_models
+    from .factory import get_entry, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -377,7 +377,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .data.folder import decode_image
 
-    from .registry import get_entry
+    from .factory import get_entry
 
     get_entry(args.model)  # an unknown name is reported before anything else
     dev = _device(args.device)
@@ -417,7 +417,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from .bench import run_benchmark
-    from .registry import get_entry
+    from .factory import get_entry
 
     get_entry(args.model)  # an unknown name is reported before anything is built
     dev = _device(args.device)
@@ -434,7 +434,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportError, export_model
-    from .registry import get_entry
+    from .factory import get_entry
 
     get_entry(args.model)  # an unknown name is reported before anything is read
     out = Path(args.output)

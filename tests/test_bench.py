@@ -190,7 +190,7 @@ def test_count_model_counts_full_size_on_meta():
 
 def test_counts_table_has_every_registered_model():
     from bettervit._counts import COUNTS
-    from bettervit.registry import list_models
+    from bettervit.factory import list_models
 
     missing, stale = sorted(set(list_models()) - set(COUNTS)), sorted(set(COUNTS) - set(list_models()))
     assert not missing and not stale, f"run scripts/model_counts.py (missing {missing}, not registered {stale})"
