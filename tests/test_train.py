@@ -170,3 +170,64 @@ def test_recipe_options_run(tmp_path):
     assert rc == 0
     row = json.loads((out / "metrics.jsonl").read_text())
     assert math.isfinite(row["train_loss"]) and 0 <= row["val_top1"] <= 100
+
+
+def test_linear_probe_folds_batchnorm_exactly():
+    from bettervit.train.probe import LinearProbe
+
+    enc = bettervit.create_model("hiera_nano", num_classes=4, img_size=32)
+    probe = LinearProbe(enc, 4)
+    probe.train()
+    assert not probe.encoder.training and all(not q.requires_grad for q in probe.encoder.parameters())
+    for _ in range(3):  # fill the running statistics
+        probe(torch.randn(8, 3, 32, 32))
+    with torch.no_grad():
+        probe.fc.weight.normal_()
+        probe.fc.bias.normal_()
+    probe.eval()
+    x = torch.randn(5, 3, 32, 32)
+    plain = bettervit.create_model("hiera_nano", num_classes=4, img_size=32)
+    plain.load_state_dict(probe.classifier_state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), probe(x), atol=1e-5)
+
+
+def test_knn_top1():
+    from bettervit.train.probe import knn_top1
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 5
+    ty = torch.arange(3).repeat_interleave(10)
+    tf = centers[ty] + torch.randn(30, 16, generator=g)
+    vy = torch.arange(3).repeat(4)
+    vf = centers[vy] + torch.randn(12, 16, generator=g)
+    assert knn_top1(tf, ty, vf, vy, k=5) == 100.0
+    # k=1 is the cosine nearest neighbour
+    nn1 = (torch.nn.functional.normalize(vf, dim=1) @ torch.nn.functional.normalize(tf, dim=1).T).argmax(1)
+    flipped = ty.clone()
+    flipped[nn1[0]] = (flipped[nn1[0]] + 1) % 3  # relabel the first query's neighbour: its vote must follow
+    assert knn_top1(tf, flipped, vf[:1], vy[:1], k=1) == 0.0
+    with pytest.raises(ValueError):
+        knn_top1(tf, ty, vf, vy, k=0)
+
+
+def test_resolve_defaults_follow_the_task_and_data_size():
+    from bettervit.train.config import RunConfig
+    from bettervit.train.engine import DEFAULTS, resolve_defaults
+
+    big = RunConfig(model="hiera_nano")
+    resolve_defaults(big, 1437)
+    assert (big.batch_size, big.epochs, big.layer_decay, big.weight_decay) == (64, 10, 1.0, 0.05)
+    few = RunConfig(model="hiera_nano", init="x.pt", labels_per_class=10)
+    resolve_defaults(few, 100)
+    assert few.batch_size == 16 and few.epochs * (100 // 16) >= DEFAULTS["min_train_steps"]
+    assert few.layer_decay == DEFAULTS["finetune_layer_decay"] and few.lr == DEFAULTS["finetune_lr"]
+    probe = RunConfig(model="hiera_nano", init="x.pt", linear_probe=True)
+    resolve_defaults(probe, 100)
+    assert probe.weight_decay == 0.0 and probe.layer_decay == 1.0 and probe.lr == DEFAULTS["probe_lr"]
+    mae = RunConfig(task="pretrain", method="mae", model="mae_hiera_nano")
+    resolve_defaults(mae, 1437)
+    assert mae.epochs == DEFAULTS["mae_epochs"] and mae.eval_every >= 1
+    given = RunConfig(model="hiera_nano", epochs=3, batch_size=5, lr=0.5, layer_decay=0.9)
+    resolve_defaults(given, 100)
+    assert (given.epochs, given.batch_size, given.lr, given.layer_decay) == (3, 5, 0.5, 0.9)  # never overridden
