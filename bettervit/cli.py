@@ -86,7 +86,7 @@ def _bool(s: str) -> bool:
 def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values."""
     S = argparse.SUPPRESS
-    p.add_argument("--model", required=True, help="registered model name (see `bettervit models`)")
+    p.add_argument("--model", default=None, help="registered model name (see `bettervit models`); required")
     p.add_argument("--data", default=None, help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/")
     p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
@@ -113,6 +113,8 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     g.add_argument("--layer-decay", type=_float_in(0, 1, lo_open=True), default=None,
                    help="layer-wise LR decay (default 0.75 when fine-tuning from --init, else 1: off)")
     g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None, help="linear warmup length (default 5%%, >= 1)")
+    g.add_argument("--sched", choices=["cosine", "linear", "step", "constant"], default=None,
+                   help="learning-rate schedule after the warmup (default cosine)")
     g.add_argument("--clip-grad", type=_NONNEG_FLOAT, default=None, help="max gradient norm, 0 = off (default 1)")
     g.add_argument("--accum-steps", type=_int_at_least(1), default=None, help="gradient accumulation steps")
     g.add_argument("--ema-decay", type=_float_in(0, 0.99999), default=None, help="EMA of weights, e.g. 0.999 (0: off)")
@@ -264,6 +266,10 @@ def _run_config(args: argparse.Namespace, task: str):
                                                                                    "overwrite")}
     explicit["task"] = task
     base = RunConfig()
+    if getattr(args, "recipe", None) and not args.resume:
+        from .train.recipes import recipe_overrides
+
+        base = RunConfig.from_dict({**base.to_dict(), **recipe_overrides(args.recipe, args.model)})
     if args.resume:
         out = Path(args.output or f"runs/{args.model}")
         f = out / "config.yaml"
@@ -284,6 +290,15 @@ def _run_config(args: argparse.Namespace, task: str):
 
 def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
     from .train.engine import run
+
+    if getattr(args, "recipe", None) == "list":
+        from .train.recipes import list_recipes
+
+        for name, r in list_recipes().items():
+            print(f"{name:<22} {r.get('models', ''):<10} {r.get('description', '')}")
+        return 0
+    if not args.model:
+        raise CliError("the following arguments are required: --model")
 
     cfg = _run_config(args, task)
     out = run(cfg, resume=args.resume, overwrite=args.overwrite)

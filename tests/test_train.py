@@ -231,3 +231,56 @@ def test_resolve_defaults_follow_the_task_and_data_size():
     given = RunConfig(model="hiera_nano", epochs=3, batch_size=5, lr=0.5, layer_decay=0.9)
     resolve_defaults(given, 100)
     assert (given.epochs, given.batch_size, given.lr, given.layer_decay) == (3, 5, 0.5, 0.9)  # never overridden
+
+
+def test_layer_decay_with_frozen_parameters_keeps_each_layer_scale():
+    m = bettervit.create_model("hiera_nano", num_classes=10, img_size=32)
+    ids, L = m.param_layer_ids(), m.num_layer_ids()
+    frozen = {n for n, q in m.named_parameters() if n.startswith(("patch_embed.", "pos_embed", "blocks.0.", "blocks.1."))}
+    for n, q in m.named_parameters():
+        q.requires_grad_(n not in frozen)
+    groups = param_groups(m, weight_decay=0.05, layer_decay=0.7)
+    names = {n for g in groups for n in g["names"]}
+    assert names == {n for n, _ in m.named_parameters()} - frozen  # frozen ones are not optimised
+    for g in groups:
+        for n in g["names"]:
+            assert math.isclose(g["lr_scale"], 0.7 ** (L - 1 - ids[n])), n  # not shifted by the freezing
+
+
+@pytest.mark.parametrize("sched", ["cosine", "linear", "step", "constant"])
+def test_every_schedule_keeps_the_layer_decay_ratios(sched):
+    from bettervit.train.optim import build_scheduler
+
+    m = bettervit.create_model("hiera_nano", num_classes=10, img_size=32)
+    m.blocks[0].requires_grad_(False)
+    opt = build_optimizer(m, lr=1e-3, weight_decay=0.05, layer_decay=0.6)
+    s = build_scheduler(sched, opt, total_steps=30, warmup_steps=4, min_lr_ratio=0.01)
+    seen = set()
+    for _ in range(30):
+        top = max(g["lr"] for g in opt.param_groups)
+        seen.add(round(top, 12))
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(top * g["lr_scale"], rel=1e-9)
+        opt.step()
+        s.step()
+    assert len(seen) > (1 if sched == "constant" else 3)  # warmup (and decay) really happened
+
+
+def test_recipes_cite_sources_and_apply(tmp_path):
+    import yaml
+
+    from bettervit.train.config import RunConfig
+    from bettervit.train.recipes import list_recipes, recipe_overrides
+
+    recipes = list_recipes()
+    assert {"hiera_mae_finetune", "eva02_mim_finetune", "maxvit_finetune"} <= set(recipes)
+    for name, r in recipes.items():
+        assert r["name"] == name and "et al." in r["source"] and r["published_batch"] > 0, name
+        RunConfig(**{k: v for k, v in recipe_overrides(name).items()}).validate()
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--recipe", "hiera_mae_finetune", "--epochs", "1", "--batch-size", "16",
+                 "--labels-per-class", "3", "--output", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert cfg["layer_decay"] == 0.65 and cfg["epochs"] == 1 and cfg["randaugment"] == [2, 27]  # given options win
+    assert cfg["lr"] == pytest.approx(2e-3 * 16 / 1024)  # the published rate scaled to this batch
+    assert main(["train", *FAST, "--recipe", "nope", "--output", str(tmp_path / "x")]) == 2

@@ -16,12 +16,15 @@ class RunConfig:
     output: str | None = None  # run directory; default runs/<model>
     init: str | None = None  # anything create_model(pretrained=...) accepts
     recipe: str | None = None  # a named preset from bettervit/recipes (its values replace the defaults)
+    recipe_lr: float | None = None  # set by a recipe: the published peak rate for recipe_batch images per step
+    recipe_batch: int | None = None
     labels_per_class: int | None = None  # keep this many labelled train images per class (stratified, seeded)
     linear_probe: bool = False  # freeze the encoder, train BatchNorm(affine=False) + Linear on its pooled features
     # optimisation (None: see resolve_defaults)
     lr: float | None = None
     weight_decay: float | None = None
     layer_decay: float | None = None  # < 1: layer-wise LR decay (fine-tuning); 1: off
+    sched: str = "cosine"  # cosine | linear | step | constant (all after a linear warmup)
     warmup_epochs: float | None = None
     min_lr_ratio: float = 0.01
     clip_grad: float = 1.0  # max gradient norm; 0 = off
@@ -79,6 +82,10 @@ class RunConfig:
             raise ValueError(f"--crop-scale must be MIN,MAX with 0 < MIN <= MAX <= 1, got {self.crop_scale}")
         if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
             raise ValueError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
+        from .optim import SCHEDULES
+
+        if self.sched not in SCHEDULES:
+            raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {self.sched}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp}")
         if self.dist_mode not in ("ddp", "fsdp"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from . import distributed, rundir
 from .checkpoint import atomic_save, clean_state_dict, load_checkpoint, rng_state, set_rng_state, unwrap_model
 from .config import RunConfig
 from .ema import ModelEma
-from .optim import build_optimizer, cosine_with_warmup
+from .optim import build_optimizer, build_scheduler
 from .probe import LinearProbe
 
 log = logging.getLogger("bettervit.train")
@@ -187,6 +188,9 @@ def resolve_defaults(cfg: RunConfig, n_train: int) -> None:
         else:
             small = n_train < DEFAULTS["small_data"]
             cfg.epochs = max(10, math.ceil(DEFAULTS["min_train_steps"] / steps_per_epoch)) if small else 10
+    if cfg.lr is None and cfg.recipe_lr is not None:  # a recipe's rate, published for recipe_batch images per step
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.lr = cfg.recipe_lr * cfg.batch_size * cfg.accum_steps * world / (cfg.recipe_batch or 256)
     if cfg.lr is None:
         if pretrain:
             cfg.lr = DEFAULTS["mae_lr"] if mae else DEFAULTS["mim_lr"]
@@ -328,8 +332,8 @@ def _build_loop(p: Prepared, plain: nn.Module) -> Loop:
     per_rank = len(data.indices("train", 0, cfg.seed, info.rank, info.world, True, cfg.batch_size))
     batches_per_epoch = per_rank // cfg.batch_size
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
-    scheduler = cosine_with_warmup(optimizer, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
-                                   cfg.min_lr_ratio)
+    scheduler = build_scheduler(cfg.sched, optimizer, cfg.epochs * steps_per_epoch,
+                                round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
     ema = ModelEma(plain, cfg.ema_decay) if cfg.ema_decay > 0 else None
     aug = DeviceAugment(augment_config(cfg, data), p.img_size, data.mean, data.std, data.num_classes).to(info.device)
