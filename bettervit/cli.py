@@ -355,17 +355,9 @@ def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: in
 
 
 def _device(name: str):
-    import torch
+    from .train.distributed import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CliError(f"--device: expected auto, cpu or cuda, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda requested but no CUDA device is available")
-    return dev
+    return resolve_device(name)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
