@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands
 # ---------------------------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import get_entry, list_models
+    from .factory import get_entry, list_models
 
     names = list_models(args.pattern)
     if not names:
@@ -410,7 +410,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .data.folder import decode_image
 
-    from .registry import get_entry
+    from .factory import get_entry
 
     get_entry(args.model)  # an unknown name is reported before anything else
     dev = _device(args.device)
@@ -449,7 +449,7 @@ def _model_img_size(model) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
-    from .registry import get_entry
+    from .factory import get_entry
 
     get_entry(args.model)
     run_benchmark(args.model, batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,

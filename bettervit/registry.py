@@ -1,13 +1,12 @@
 """The model registry: every named variant is a one-line config builder under ``@register_model``.
 
-A variant records three things: the model class it builds, its config (a dataclass), and the hub id of its default
-released weights. ``create_model`` (in ``bettervit/__init__.py``) is the only consumer.
+A variant records the model class it builds, its config (a dataclass), the hub id of its default released weights
+and its family. The registry is plain data and imports no model; ``bettervit.factory`` (``create_model``,
+``list_models`` ...) imports the model package, which fills it.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,7 +32,7 @@ class ModelEntry:
         return dataclasses.replace(cfg, **overrides)
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(model_cls: type[nn.Module], *, weights: str | None = None, family: str | None = None):
@@ -41,29 +40,10 @@ def register_model(model_cls: type[nn.Module], *, weights: str | None = None, fa
 
     def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
         name = fn.__name__
-        if name in _REGISTRY:
+        if name in REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         fam = family or model_cls.__module__.rsplit(".", 1)[-1]
-        _REGISTRY[name] = ModelEntry(name, model_cls, fn, weights, fam)
+        REGISTRY[name] = ModelEntry(name, model_cls, fn, weights, fam)
         return fn
 
     return wrap
-
-
-def _ensure_loaded() -> None:
-    from . import models  # noqa: F401  (importing the package registers every variant)
-
-
-def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else "; see `bettervit models`"
-        raise ValueError(f"unknown model {name!r}{hint}")
-    return _REGISTRY[name]
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style pattern, sorted."""
-    _ensure_loaded()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))

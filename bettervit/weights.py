@@ -94,16 +94,43 @@ def unwrap(sd: object, where: str = "checkpoint") -> dict[str, Tensor]:
     return out
 
 
-def load_into(model: nn.Module, state_dict: dict[str, Tensor], *, source: str = "checkpoint") -> None:
+def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
+    """A first-conv kernel (O, 3, k, k) made for RGB, adapted to ``in_chans`` inputs as timm does: one channel gets
+    the sum over RGB (a grey image then gives the response the RGB weights gave to it); other counts repeat the RGB
+    kernels cyclically and scale by 3 / in_chans, so a constant input keeps its response."""
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4-D conv kernel to adapt to {in_chans} input channels, got {tuple(weight.shape)}")
+    base = weight.shape[1]
+    if in_chans == base:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // base)  # ceil
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (base / in_chans)
+    return w.to(weight.dtype)
+
+
+def load_into(
+    model: nn.Module, state_dict: dict[str, Tensor], *, source: str = "checkpoint", first_conv: str | None = None
+) -> None:
     """Convert ``state_dict`` to the model's format and load it strictly.
+
+    ``first_conv`` (a module name, e.g. ``"stem.conv1"``): if the checkpoint's kernel there was made for another
+    number of input channels than the model's, it is adapted with :func:`adapt_input_conv`.
 
     If the checkpoint's classifier does not fit (other class count, or a headless checkpoint), the classifier keeps
     its fresh initialisation and everything else must match. Missing / unexpected keys raise one ValueError naming
     them.
     """
     sd = model.convert_checkpoint(dict(state_dict))
-    prefixes = getattr(model, "classifier_prefixes", ())
     own = model.state_dict()
+    key = f"{first_conv}.weight" if first_conv else None
+    if key in sd and key in own and sd[key].ndim == 4 and sd[key].shape[1] != own[key].shape[1]:
+        log.info("%s: adapting %s from %d to %d input channels", source, key, sd[key].shape[1], own[key].shape[1])
+        sd[key] = adapt_input_conv(own[key].shape[1], sd[key])
+    prefixes = getattr(model, "classifier_prefixes", ())
     head_fits = all(k in own and own[k].shape == v.shape for k, v in sd.items() if k.startswith(prefixes))
     head_present = any(k.startswith(prefixes) for k in sd)
     if not head_fits or not head_present:

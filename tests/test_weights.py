@@ -57,7 +57,7 @@ def test_hub_id_and_pretrained_true_from_offline_cache(tmp_path, monkeypatch, so
     _same(bettervit.create_model(NAME, pretrained="someone/maxvit_nano.test").eval(), source)
     _same(bettervit.create_model(NAME, pretrained="hf-hub:someone/maxvit_nano.test").eval(), source)
     # pretrained=True resolves the variant's recorded hub id through the same cache
-    entry = bettervit.registry.get_entry("maxvit_tiny_tf_224")
+    entry = bettervit.factory.get_entry("maxvit_tiny_tf_224")
     assert entry.weights == "timm/maxvit_tiny_tf_224.in1k"
     with pytest.raises(ValueError, match="could not fetch weights for hub id 'timm/maxvit_tiny_tf_224.in1k'"):
         bettervit.create_model("maxvit_tiny_tf_224", pretrained=True)

@@ -44,7 +44,7 @@ class Diverged(RuntimeError):
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------
 def default_img_size(model_name: str) -> int:
-    from ..registry import get_entry
+    from ..factory import get_entry
 
     size = getattr(get_entry(model_name).config(), "img_size", 224)
     return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,0 +1,42 @@
+"""Resampling a learned absolute position embedding to another token grid (ViT fine-tuning at a new resolution,
+Dosovitskiy et al. 2021, sec. 3.2): the embedding is read as an image of width C and interpolated."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resample_abs_pos_embed(
+    pos: Tensor,
+    new_size: Sequence[int],
+    old_size: Sequence[int] | None = None,
+    num_prefix_tokens: int = 0,
+    mode: str = "bicubic",
+    antialias: bool = False,
+) -> Tensor:
+    """(1, prefix + h*w, C) raster position embedding -> (1, prefix + H*W, C) for ``new_size`` = (H, W).
+
+    ``old_size`` defaults to a square grid. Prefix tokens (class token) are kept as they are. Interpolation runs in
+    float32 with ``align_corners=False``; ``antialias`` matters only when shrinking (timm's checkpoint loader uses
+    True, its run-time resampling in Hiera / EVA False).
+    """
+    n = pos.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"position embedding with {n} grid tokens is not a square grid; pass old_size")
+        old_size = (side, side)
+    old_size, new_size = tuple(int(s) for s in old_size), tuple(int(s) for s in new_size)
+    if old_size[0] * old_size[1] != n:
+        raise ValueError(f"position embedding has {n} grid tokens, not {old_size[0]}x{old_size[1]}")
+    if old_size == new_size:
+        return pos
+    prefix, grid = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
+    C = pos.shape[-1]
+    grid = grid.float().reshape(1, *old_size, C).permute(0, 3, 1, 2)  # (1, C, h, w)
+    grid = F.interpolate(grid, size=new_size, mode=mode, align_corners=False, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_size[0] * new_size[1], C).to(pos.dtype)  # (1, H*W, C)
+    return torch.cat([prefix, grid], dim=1) if num_prefix_tokens else grid
