@@ -145,7 +145,7 @@ def _teacher_by_name(name: str, checkpoint: str | None, img_size: int | None) ->
     """A headless bettervit teacher at the student's size if it runs there, else at its own (e.g. Hiera, whose
     input is resized to its size in ``teacher_patch_features``). MAE / MIM checkpoints load into the plain encoder."""
     from .. import create_model
-    from ..registry import get_entry
+    from ..factory import get_entry
 
     cfg = get_entry(name).config()
     own = getattr(cfg, "img_size", None)
