@@ -284,3 +284,4 @@ def test_recipes_cite_sources_and_apply(tmp_path):
     assert cfg["layer_decay"] == 0.65 and cfg["epochs"] == 1 and cfg["randaugment"] == [2, 27]  # given options win
     assert cfg["lr"] == pytest.approx(2e-3 * 16 / 1024)  # the published rate scaled to this batch
     assert main(["train", *FAST, "--recipe", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert main(["train", "--recipe", "list"]) == 0  # no --model needed to list them
