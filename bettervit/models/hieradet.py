@@ -315,7 +315,7 @@ class HieraDet(Backbone):
 
         depth, ends = sum(cfg.stages), cfg.stage_ends
         pool_blocks = {e + 1 for e in ends[: cfg.q_pool]}
-        rates = torch.linspace(0, cfg.drop_path_rate, depth).tolist()  # stochastic depth, rising linearly
+        rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()  # stochastic depth, linear
         dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
         self.blocks = nn.ModuleList()
         self.feature_info: list[dict] = []
