@@ -169,10 +169,9 @@ def test_golden_base_plus():
         _close(m[:, :8], ref[f"stage{j}"])
 
 
-@pytest.mark.parametrize("hw", [(256, 256), (256, 384)])
-def test_golden_official_sam2_checkpoint(hw, tmp_path):
+def test_golden_official_sam2_checkpoint(tmp_path):
     """A whole SAM 2.1 checkpoint ({"model": ...}, trunk at image_encoder.trunk.*, MLP as mlp.layers.N, plus the
-    neck and the rest of SAM 2) loads from a .pt file and gives the official trunk's 4 maps."""
+    neck and the rest of SAM 2) loads from a .pt file and gives the official trunk's 4 maps at 256x256 and 256x384."""
     ref, shapes, _ = read_fixture(HD / "official_sam2.1_hiera_tiny.safetensors")
     assert "image_encoder.trunk.blocks.0.mlp.layers.0.weight" in shapes
     sd = reference_checkpoint(shapes)
@@ -181,11 +180,11 @@ def test_golden_official_sam2_checkpoint(hw, tmp_path):
     path = tmp_path / "sam2.1_hiera_tiny.pt"
     torch.save({"model": sd}, path)
     model = bettervit.create_model("sam2_hiera_tiny", pretrained=str(path)).eval()
-    s = f"{hw[0]}x{hw[1]}"
-    with torch.inference_mode():
-        maps = model.forward_intermediates(golden_input((1, 3, *hw)), intermediates_only=True)
-    for j, m in enumerate(maps):
-        _close(m[:, :4], ref[f"stage{j}_{s}"])
+    for hw in ((256, 256), (256, 384)):
+        with torch.inference_mode():
+            maps = model.forward_intermediates(golden_input((1, 3, *hw)), intermediates_only=True)
+        for j, m in enumerate(maps):
+            _close(m[:, :4], ref[f"stage{j}_{hw[0]}x{hw[1]}"])
 
 
 # --- run-time sizes -------------------------------------------------------------------------------------------
@@ -304,6 +303,9 @@ def test_hiera_pos_embed_to_windowed():
     err = (windowed_pos_embed(bkg, w, (56, 56)).reshape(1, -1, C) - pos).pow(2).mean()
     err_bkg = (windowed_pos_embed(bkg, torch.zeros_like(w), (56, 56)).reshape(1, -1, C) - pos).pow(2).mean()
     assert err < err_bkg
+    # the exact alternative (docs/hieradet.md): a background as large as the grid and a zero window
+    full = pos.reshape(1, 56, 56, C).permute(0, 3, 1, 2)
+    torch.testing.assert_close(windowed_pos_embed(full, torch.zeros(1, C, 8, 8), (56, 56)).reshape(1, -1, C), pos)
     with pytest.raises(ValueError, match="multiple of the window"):
         hiera_pos_embed_to_windowed(torch.zeros(1, 60 * 60, C), (60, 60), 8, (7, 7))
 
