@@ -34,13 +34,6 @@ def test_golden_parity_with_timm(path):
     assert logits.shape == ref["logits"].shape
     assert torch.isfinite(logits).all()
     assert (logits - ref["logits"]).abs().max().item() <= 1e-4
-    if "stage0" in ref:  # forward_intermediates against timm's, first 8 channels of each stage
-        with torch.inference_mode():
-            feats = model.forward_intermediates(x)
-        assert len(feats) == 4
-        for i, f in enumerate(feats):
-            assert f.shape[-1] == 224 // 2 ** (i + 2)
-            assert (f[:, :8] - ref[f"stage{i}"]).abs().max().item() <= 1e-4
 
 
 def test_train_mode_path_matches_fused_inference_path():
@@ -158,8 +151,8 @@ def test_bad_input():
     model = bettervit.create_model("maxvit_nano")
     with pytest.raises(ValueError, match="3 input channels"):
         model(torch.randn(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="img_size=96"):
-        model(torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 96, 100))
     with pytest.raises(ValueError, match="multiple of 32"):
         bettervit.create_model("maxvit_nano", img_size=100)
     with pytest.raises(ValueError, match="closest: maxvit_tiny_tf_224"):

@@ -1,6 +1,7 @@
 """EVA-02: a plain ViT with 2-D rotary position embedding, SwiGLU and sub-LN (Fang et al. 2023, arXiv:2303.11331).
 
-Read top to bottom: rotary tables -> attention -> SwiGLU -> block -> model -> variants -> checkpoint key map.
+Read top to bottom: config -> rotary tables -> attention -> SwiGLU -> block (global or windowed) -> model -> variants
+-> checkpoint key map.
 
 The architecture in one paragraph. 14x14 patches become tokens; a class token is prepended and a learned absolute
 position embedding added. Every block is pre-norm (LayerNorm, eps 1e-6): attention whose queries and keys are
@@ -8,12 +9,23 @@ rotated by a 2-D RoPE (patch tokens only, the class token is left alone), then a
 int(dim * 8/3). Tiny/Small keep the SwiGLU gate and value in one packed ``fc1``; Base/Large split them
 (``fc1_g``/``fc1_x``) and add a LayerNorm on the hidden layer ("sub-LN") before ``fc2``, and use separate q/k/v
 projections. Queries and values have biases, keys have none. The head averages the patch tokens, applies ``fc_norm``
-and a linear classifier. The MIM-pretrained ``*_224`` trunks are headless (``num_classes=0``).
+and a linear classifier (other ``global_pool`` choices put a LayerNorm ``norm`` on the tokens instead, as timm does).
+The MIM-pretrained ``*_224`` trunks are headless (``num_classes=0``).
 
-RoPE at any resolution. The rotation angle of a patch at row i of an h-row grid is ``(i / h * 16) * f_k``: positions
-are rescaled onto the 16x16 grid the model was pretrained on (224 / 14), so a 336 or 448 input sees the same angle
-range, only sampled more finely. Tables (and the resized absolute position embedding) are computed for the actual
-grid of each input and cached per grid size, so any input whose sides are multiples of 14 works.
+Any input size. The rotation angle of a patch at row i of an h-row grid is ``(i / h * 16) * f_k``: positions are
+rescaled onto the 16x16 grid the model was pretrained on (224 / 14), so a 336 or 448 input sees the same angle range,
+only sampled more finely. Tables (and the bicubic-resized absolute position embedding) are computed for the grid of
+each input and cached per grid size, so any input whose sides are multiples of 14 works, square or not; with
+``dynamic_img_pad=True`` other sizes are zero-padded on the right and bottom to the next multiple (timm's
+``dynamic_img_size`` / ``dynamic_img_pad``).
+
+Detection (ViTDet, Li et al. 2022; EVA-02's detection backbone). With ``window_size > 0`` the blocks attend within
+non-overlapping windows of ``window_size`` x ``window_size`` tokens (the map zero-padded to whole windows), except the
+few ``global_blocks``; windowed blocks use RoPE tables for one window, global blocks for the whole grid. ViTDet has no
+class token (``class_token=False``). See models/vitdet.py for the feature pyramid on top.
+
+The model here is the paper's math with one forward per block, for training, export and compile; CPU inference
+kernels (oneDNN fusions, packed weights) are applied by ``bettervit.optimize`` (bettervit/optimize/eva02.py).
 
 The state_dict uses timm's key names, so timm checkpoints load as they are; ``convert_checkpoint`` maps the
 official EVA-02 format (``mlp.w1/w2/w3``, ``ffn_ln``, ``q_bias``..., RoPE buffers, MIM ``mask_token``/``lm_head``)
@@ -25,27 +37,31 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import onednn
 from ..layers.drop import drop_path
 from ..registry import register_model
 from .base import Backbone
 
 log = logging.getLogger(__name__)
 
+Rope = tuple[Tensor, Tensor]  # (cos, signed sin) tables, see rope_tables / rotate
+POOL_TYPES = ("", "avg", "avgmax", "max", "token")
+
 
 @dataclass
 class Eva02Config:
-    img_size: int = 224  # the grid the absolute position embedding is stored at; any multiple of patch_size runs
+    img_size: Union[int, tuple[int, int]] = 224  # the grid the absolute position embedding is stored at
     patch_size: int = 14
     in_chans: int = 3
     num_classes: int = 1000  # 0 = headless (forward returns fc_norm-ed pooled features)
+    global_pool: str = "avg"  # "avg" (mean of patch tokens), "token" (class token), "max", "avgmax", "" (no pooling)
+    fc_norm: bool | None = None  # LayerNorm after pooling (True) or on the tokens before it (False); None: "avg" only
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
@@ -57,6 +73,14 @@ class Eva02Config:
     norm_eps: float = 1e-6
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks
+    class_token: bool = True
+    dynamic_img_pad: bool = False  # zero-pad inputs whose sides are not multiples of patch_size (else: ValueError)
+    window_size: int = 0  # ViTDet: > 0 = attention within windows of window_size^2 tokens, except in global_blocks
+    global_blocks: tuple[int, ...] = ()  # ViTDet: the blocks with global attention when window_size > 0
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 # --- rotary position embedding ---------------------------------------------------------------------------------------
@@ -76,37 +100,32 @@ def rope_angles(grid: tuple[int, int], head_dim: int, ref_grid: int = 16, theta:
     return (coords.unsqueeze(-1) * bands).reshape(h * w, 2 * n)  # (h*w, [row bands, column bands])
 
 
-def rope_rotations(
+def rope_tables(
     grid: tuple[int, int], head_dim: int, num_prefix: int = 1, ref_grid: int = 16, theta: float = 10000.0
-) -> Tensor:
-    """Unit complex numbers exp(i * angle), (num_prefix + h*w, head_dim // 2) complex64, for ``rotate`` below.
+) -> Rope:
+    """(cos, sin) tables, each (num_prefix + h*w, head_dim), laid out for ``rotate``.
 
-    Prefix tokens (the class token) get 1 + 0i, i.e. no rotation, so one multiplication rotates the whole sequence
-    without slicing the class token off and concatenating it back.
+    Channels pair up as (2j, 2j+1), timm's and EVA's interleaved layout, and pair j turns by angle t_j:
+    cos = (cos t_0, cos t_0, cos t_1, cos t_1, ...) and sin = (-sin t_0, +sin t_0, -sin t_1, ...), the sign of the
+    rotation matrix folded in. Prefix tokens (the class token) get cos 1, sin 0: no rotation, so the whole sequence
+    is rotated at once without slicing the class token off and concatenating it back.
     """
-    ang = rope_angles(grid, head_dim, ref_grid, theta)  # (h*w, hd/2)
-    ang = torch.cat([torch.zeros(num_prefix, head_dim // 2), ang])  # (N, hd/2)
-    return torch.polar(torch.ones_like(ang), ang)
+    ang = torch.cat([torch.zeros(num_prefix, head_dim // 2), rope_angles(grid, head_dim, ref_grid, theta)])  # (N, hd/2)
+    cos = ang.cos().repeat_interleave(2, dim=-1)  # (N, hd)
+    sin = (ang.sin().unsqueeze(-1) * torch.tensor([-1.0, 1.0])).flatten(-2)  # (N, hd)
+    return cos, sin
 
 
-def rotate(x: Tensor, rot: Tensor) -> Tensor:
-    """Apply RoPE to x (..., hd) real, with ``rot`` (complex, ..., hd/2) broadcasting to it.
+def rotate(x: Tensor, rope: Rope) -> Tensor:
+    """RoPE on x (..., hd) with tables (cos, sin) broadcasting to it: each pair (a, b) -> (a cos - b sin, b cos + a sin).
 
-    Channels are paired as (2j, 2j+1), timm's and EVA's interleaved layout: read as the complex number a + ib,
-    the rotation by angle t, (a cos t - b sin t, b cos t + a sin t), is a single complex product (a + ib) e^{it}.
-    Viewing the pairs as complex costs no copy, and the product is one pass over memory forward and one backward
-    (the sin/cos/swap formulation takes three each, ~10x slower here on CPU). Half and bfloat16 have no complex
-    type in PyTorch: they rotate in float32 and come back. Under torch.compile the product is written out on real
-    pairs, which Inductor fuses into one kernel.
+    Written as x * cos + swap(x) * sin, swap exchanging the two channels of every pair; real arithmetic only, so it
+    exports (ONNX has no complex numbers) and Inductor fuses it into one kernel. The product is taken in the tables'
+    precision (float32 for half models) and returned in x's dtype.
     """
-    if torch.compiler.is_compiling():  # Inductor generates no complex code: the same product on real pairs, fused
-        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
-        cos, sin = torch.view_as_real(rot).to(x.dtype).unbind(-1)
-        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
-    if x.dtype not in (torch.float32, torch.float64):
-        return rotate(x.float(), rot).to(x.dtype)
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., hd/2) complex, a view
-    return torch.view_as_real(pairs * rot).flatten(-2)
+    cos, sin = rope
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (..., hd): (b0, a0, b1, a1, ...)
+    return (x * cos + swapped * sin).to(x.dtype)
 
 
 # --- attention ---------------------------------------------------------------------------------------------------------
@@ -130,8 +149,8 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: Tensor, residual: Tensor | None = None) -> Tensor:
-        """x (B, N, C), rope = rotations (N, 1, hd/2) (see ``rotate``) -> (B, N, C) (+ ``residual``: inference only).
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        """x (B, N, C), rope = tables (N, hd) each (see ``rope_tables``) -> (B, N, C).
 
         RoPE is applied while tokens are still (B, N, ..., nh, hd) (the tables broadcast over heads), and q, k, v
         reach SDPA as (B, nh, N, hd) views with contiguous head vectors, the layout its fused CPU/CUDA kernels read
@@ -139,32 +158,31 @@ class Attention(nn.Module):
         """
         B, N, C = x.shape
         nh, hd = self.num_heads, self.head_dim
+        cos, sin = (t.unsqueeze(-2) for t in rope)  # (N, 1, hd): broadcast over heads
         if self.fused:
             bias = torch.cat([self.q_bias, self.k_bias, self.v_bias])
-            fast = residual is not None  # CPU fp32 inference (see Block.forward): the packed-weight kernel
-            qkv = (onednn.linear if fast else F.linear)(x, self.qkv.weight, bias).view(B, N, 3, nh, hd)
+            qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, nh, hd)
             qk, v = qkv.split([2, 1], dim=2)  # split, not slicing: its backward is one cat, no zero-filled buffers
-            qk = rotate(qk, rope.unsqueeze(1))  # (B, N, 2, nh, hd), q and k in one pass
+            qk = rotate(qk, (cos.unsqueeze(1), sin.unsqueeze(1)))  # (B, N, 2, nh, hd), q and k in one pass
             # unbind dim 2, then transpose: the backward stacks the two gradients straight back into (B, N, 2, nh, hd)
             q, k = (t.transpose(1, 2) for t in qk.unbind(2))  # 2 x (B, nh, N, hd)
             v = v.squeeze(2).transpose(1, 2)  # (B, nh, N, hd)
         else:
-            q = rotate(self.q_proj(x).view(B, N, nh, hd), rope).transpose(1, 2)  # (B, nh, N, hd)
-            k = rotate(self.k_proj(x).view(B, N, nh, hd), rope).transpose(1, 2)
+            q = rotate(self.q_proj(x).view(B, N, nh, hd), (cos, sin)).transpose(1, 2)  # (B, nh, N, hd)
+            k = rotate(self.k_proj(x).view(B, N, nh, hd), (cos, sin)).transpose(1, 2)
             v = self.v_proj(x).view(B, N, nh, hd).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        if residual is not None:  # inference: projection and residual add in one oneDNN kernel
-            return onednn.linear_add(x, residual, self.proj.weight, self.proj.bias)
-        return self.proj(x)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 # --- SwiGLU MLP ----------------------------------------------------------------------------------------------------------
 class _PackedSwiGLU(torch.autograd.Function):
     """silu(gate) * value from a packed fc1 output y = [gate | value] (..., 2h) -> (..., h).
 
-    Autograd would run ``chunk`` backward as a concatenation of the two half gradients (one more pass over the
-    widest activation of the block); here both halves are written straight into one (..., 2h) tensor.
+    The same math as ``F.silu(gate) * value`` on the two halves of y, with a leaner eager backward: autograd would
+    compute the two half gradients and then concatenate them (``chunk``'s backward, one more pass over the widest
+    activation of the block); here both halves are written straight into one (..., 2h) tensor. When traced
+    (torch.compile, torch.export) the backward is written with ``cat``, which the compiler fuses away itself.
     """
 
     @staticmethod
@@ -179,6 +197,8 @@ class _PackedSwiGLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         y, act = ctx.saved_tensors
         gate, value = y.chunk(2, dim=-1)
+        if torch.compiler.is_compiling():
+            return torch.cat([torch.ops.aten.silu_backward(grad * value, gate), grad * act], dim=-1)
         grad_y = torch.empty_like(y)
         grad_gate, grad_value = grad_y.chunk(2, dim=-1)
         torch.mul(grad, act, out=grad_value)
@@ -203,71 +223,115 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed:
-            y = self.fc1(x)  # (..., 2 * hidden): [gate | value]
-            if torch.is_grad_enabled() and y.requires_grad:
-                return self.fc2(_PackedSwiGLU.apply(y))
-            gate, value = y.chunk(2, dim=-1)
-            return self.fc2(F.silu(gate) * value)
+            return self.fc2(_PackedSwiGLU.apply(self.fc1(x)))  # fc1 (..., 2 * hidden) = [gate | value]
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
-    def forward_fused(self, x: Tensor, residual: Tensor) -> Tensor:
-        """CPU fp32 inference: residual + forward(x); SiLU fused into the gate matmul, the gating product into the value
-        matmul and the residual into fc2."""
-        if self.packed:
-            h = self.fc1.out_features // 2
-            gate = onednn.linear(x, self.fc1.weight, self.fc1.bias, "swish", rows=(0, h))
-            hidden = onednn.linear_mul(x, gate, self.fc1.weight, self.fc1.bias, rows=(h, 2 * h))  # value * gate
-        else:
-            gate = onednn.linear(x, self.fc1_g.weight, self.fc1_g.bias, "swish")
-            hidden = self.norm(onednn.linear_mul(x, gate, self.fc1_x.weight, self.fc1_x.bias))
-        return onednn.linear_add(hidden, residual, self.fc2.weight, self.fc2.bias)
+
+# --- block -------------------------------------------------------------------------------------------------------------
+def window_partition(x: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """Tokens (B, h*w, C) of a row-major grid -> windows (B * nw, size*size, C), the grid zero-padded on the bottom and
+    right to whole windows (ViTDet pads after norm1, so padded tokens are zeros; they are not masked, as in ViTDet)."""
+    B, _, C = x.shape
+    h, w = grid
+    ph, pw = -h % size, -w % size
+    x = F.pad(x.view(B, h, w, C), (0, 0, 0, pw, 0, ph))  # (B, H, W, C), H = h + ph
+    H, W = h + ph, w + pw
+    x = x.view(B, H // size, size, W // size, size, C).transpose(2, 3)  # (B, H/s, W/s, s, s, C)
+    return x.reshape(-1, size * size, C)
+
+
+def window_unpartition(x: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """Inverse of ``window_partition``: (B * nw, size*size, C) -> (B, h*w, C), padding dropped."""
+    h, w = grid
+    H, W = h + (-h % size), w + (-w % size)
+    C = x.shape[-1]
+    x = x.view(-1, H // size, W // size, size, size, C).transpose(2, 3).reshape(-1, H, W, C)  # (B, H, W, C)
+    return x[:, :h, :w].reshape(-1, h * w, C)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); attention over the whole sequence or,
+    with ``window_size`` > 0, within windows of the token grid (ViTDet)."""
 
-    def __init__(self, cfg: Eva02Config, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, cfg: Eva02Config, drop_path_rate: float = 0.0, window_size: int = 0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
         self.drop_path = drop_path_rate
+        self.window_size = window_size
 
-    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
-        if onednn.usable(x) and not self.training:  # inference: residual adds fused into the output matmuls
-            x = self.attn(self.norm1(x), rope, residual=x)
-            return self.mlp.forward_fused(self.norm2(x), x)
-        x = x + drop_path(self.attn(self.norm1(x), rope), self.drop_path, self.training)
+    def forward(self, x: Tensor, rope: Rope, grid: tuple[int, int]) -> Tensor:
+        """x (B, N, C), rope: tables for the sequence (global) or for one window, grid: the (h, w) token grid."""
+        y = self.norm1(x)
+        if self.window_size:
+            y = window_unpartition(self.attn(window_partition(y, grid, self.window_size), rope), grid, self.window_size)
+        else:
+            y = self.attn(y, rope)
+        x = x + drop_path(y, self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 # --- model -----------------------------------------------------------------------------------------------------------------
+def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """timm's index meaning: None = all, int n = the last n, a sequence picks (negative from the end)."""
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"last-n indices: expected 1..{num_features}, got {indices}")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = [i + num_features if i < 0 else i for i in indices]
+        bad = [i for i, t in zip(indices, take) if not 0 <= t < num_features]
+        if bad or not take:
+            raise ValueError(f"feature indices: expected -{num_features}..{num_features - 1}, got {list(indices)}")
+    return take, max(take)
+
+
 class Eva02(Backbone):
-    """EVA-02 image classifier / headless MIM trunk. ``forward_features`` returns all tokens (B, 1 + h*w, C)."""
+    """EVA-02 image classifier / headless MIM trunk / ViTDet trunk, with timm's model API.
+
+    ``forward_features`` returns all tokens (B, num_prefix_tokens + h*w, C), class token first.
+    """
 
     classifier_prefixes = ("head.",)
-    num_prefix_tokens = 1
+    default_out_indices = 3  # features_only: the last three blocks, as timm's EVA
 
     def __init__(self, config: Eva02Config) -> None:
         super().__init__()
         cfg = self.config = config
-        if cfg.img_size % cfg.patch_size:
-            raise ValueError(f"img_size must be a multiple of patch_size={cfg.patch_size}, got {cfg.img_size}")
+        p = cfg.patch_size
+        img = _pair(cfg.img_size)
+        if img[0] % p or img[1] % p:
+            raise ValueError(f"img_size must be a multiple of patch_size={p}, got {cfg.img_size}")
         if cfg.embed_dim % cfg.num_heads or (cfg.embed_dim // cfg.num_heads) % 4:
             raise ValueError(f"embed_dim / num_heads must be a multiple of 4, got {cfg.embed_dim}/{cfg.num_heads}")
-        dim = cfg.embed_dim
-        self.grid = (cfg.img_size // cfg.patch_size,) * 2
+        if cfg.global_pool not in POOL_TYPES or (cfg.global_pool == "token" and not cfg.class_token):
+            raise ValueError(f"global_pool must be one of {POOL_TYPES} ('token' needs the class token), "
+                             f"got {cfg.global_pool!r}")
+        if cfg.window_size and (cfg.class_token or not all(0 <= i < cfg.depth for i in cfg.global_blocks)):
+            raise ValueError("window_size > 0 (ViTDet) needs class_token=False and global_blocks within 0..depth-1, "
+                             f"got class_token={cfg.class_token}, global_blocks={cfg.global_blocks}")
+        dim = self.num_features = self.head_hidden_size = self.embed_dim = cfg.embed_dim
+        self.num_classes, self.global_pool = cfg.num_classes, cfg.global_pool
+        self.num_prefix_tokens = int(cfg.class_token)
+        self.grid = (img[0] // p, img[1] // p)
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, dim, cfg.patch_size, stride=cfg.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
+        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, dim, p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.grid[0] * self.grid[1], dim))
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
-        self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        windows = [0 if i in cfg.global_blocks else cfg.window_size for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, r, ws) for r, ws in zip(rates, windows))
+        self.feature_info = [dict(num_chs=dim, reduction=p, module=f"blocks.{i}") for i in range(cfg.depth)]
+        use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=cfg.norm_eps)  # on all tokens
+        self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()  # after pooling
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self._rope_cache: dict[tuple, Tensor] = {}
+        self._rope_cache: dict[tuple, Rope] = {}
         self._pos_cache: dict[tuple, tuple[int, Tensor]] = {}
         self.init_weights()
 
@@ -280,7 +344,8 @@ class Eva02(Backbone):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         for i, blk in enumerate(self.blocks):
             blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
             blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
@@ -288,24 +353,33 @@ class Eva02(Backbone):
             self.head.weight.mul_(0.001)
 
     # --- position embeddings for the actual grid ------------------------------------------------------------------
-    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
-        """RoPE rotations (1 + h*w, 1, hd/2) for ``grid`` (complex, double precision for float64 models), built once
-        per (grid, device, dtype)."""
-        key = (grid, device, dtype)
+    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype, num_prefix: int | None = None
+             ) -> Rope:
+        """RoPE tables (num_prefix + h*w, hd) for ``grid`` (float64 for float64 models, else float32), built once per
+        (grid, prefix, device, dtype); ``num_prefix`` defaults to the model's prefix tokens."""
+        num_prefix = self.num_prefix_tokens if num_prefix is None else num_prefix
+        c = self.config
+        build = lambda: rope_tables(grid, c.embed_dim // c.num_heads, num_prefix, c.rope_ref_grid, c.rope_theta)  # noqa
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if torch.compiler.is_compiling():  # traced into the graph (and constant-folded), no Python-side cache
+            return tuple(t.to(device, table_dtype) for t in build())
+        key = (grid, num_prefix, device, dtype)
         if key not in self._rope_cache:
-            c = self.config
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
-                rot = rope_rotations(grid, c.embed_dim // c.num_heads, self.num_prefix_tokens, c.rope_ref_grid,
-                                     c.rope_theta)
-                rot = rot.to(device, torch.complex128 if dtype == torch.float64 else torch.complex64)
-                self._rope_cache[key] = rot.unsqueeze(1)  # broadcasts over heads
+                self._rope_cache[key] = tuple(t.to(device, table_dtype) for t in build())
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
-        """The absolute position embedding at ``grid``: stored grid as is, else bicubic-resized (cached w/o grad)."""
+        """The absolute position embedding at ``grid``: stored grid as is, else bicubic-resized (cached w/o grad).
+
+        Under torch.export it is always resampled (an identity at the stored grid), so an export with a dynamic
+        height and width does not specialise on whether the grid equals the stored one.
+        """
+        if torch.compiler.is_exporting():
+            return resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
         if grid == self.grid:
             return self.pos_embed
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
             return resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         hit = self._pos_cache.get(key)
@@ -319,14 +393,24 @@ class Eva02(Backbone):
         self._pos_cache.clear()
         return super()._apply(fn, recurse)
 
+    def feat_size(self, img: tuple[int, int]) -> tuple[int, int]:
+        """The token grid (h, w) for an H x W input (rounded up with ``dynamic_img_pad``)."""
+        p = self.config.patch_size
+        if self.config.dynamic_img_pad:
+            return -(-img[0] // p), -(-img[1] // p)
+        return img[0] // p, img[1] // p
+
     # --- forward ----------------------------------------------------------------------------------------------------
     def embed(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> tuple[Tensor, tuple]:
-        """Images -> (tokens (B, 1 + h*w, C) with class token and position embedding, grid (h, w)).
+        """Images -> (tokens (B, num_prefix + h*w, C) with class token and position embedding, grid (h, w)).
 
         ``mask`` (B, h*w) bool, True = masked: those patch embeddings are replaced by ``mask_token`` (1, 1, C) before
         the position embedding is added (BEiT / EVA-02 masked image modeling).
         """
-        self.check_input(x, self.config.patch_size)
+        p = self.config.patch_size
+        self.check_input(x, 1 if self.config.dynamic_img_pad else p)
+        if self.config.dynamic_img_pad:
+            x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))  # zeros on the right and bottom
         x = self.patch_embed.proj(x)  # (B, C, h, w)
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
@@ -334,60 +418,123 @@ class Eva02(Backbone):
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask must have shape {tuple(x.shape[:2])} (batch, patches), got {tuple(mask.shape)}")
             x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + h*w, C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + h*w, C)
         return x + self.pos_embed_for(grid), grid
 
-    def run_block(self, blk: Block, x: Tensor, rope: Tensor) -> Tensor:
+    def ropes(self, grid: tuple[int, int], x: Tensor) -> tuple[Rope, Rope]:
+        """RoPE tables for global blocks (the whole grid) and for windowed blocks (one window, no prefix tokens)."""
+        rope = self.rope(grid, x.device, x.dtype)
+        ws = self.config.window_size
+        return rope, self.rope((ws, ws), x.device, x.dtype, num_prefix=0) if ws else rope
+
+    def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope, Rope], grid: tuple[int, int]) -> Tensor:
+        rope = ropes[1] if blk.window_size else ropes[0]
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, rope, use_reentrant=False)
-        return blk(x, rope)
+            return checkpoint(blk, x, rope, grid, use_reentrant=False)
+        return blk(x, rope, grid)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
-        """Images (B, C, H, W), H and W multiples of 14 -> tokens (B, 1 + h*w, C), class token first."""
+        """Images (B, C, H, W) -> tokens (B, num_prefix + h*w, C), class token first, after ``norm``."""
         x, grid = self.embed(x, mask, mask_token)
-        rope = self.rope(grid, x.device, x.dtype)
+        ropes = self.ropes(grid, x)
         for blk in self.blocks:
-            x = self.run_block(blk, x, rope)
-        return x
+            x = self.run_block(blk, x, ropes, grid)
+        return self.norm(x)
+
+    def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
+        """Tokens (B, N, C) -> (B, C) by ``global_pool`` (the class token, or avg/max over patch tokens); '' keeps all."""
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if not pool_type:
+            return x
+        if pool_type == "token":
+            return x[:, 0]
+        x = x[:, self.num_prefix_tokens:]
+        if pool_type == "avg":
+            return x.mean(dim=1)
+        if pool_type == "max":
+            return x.amax(dim=1)
+        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))  # avgmax
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Tokens -> mean of the patch tokens -> fc_norm -> (dropout, classifier unless ``pre_logits``)."""
-        x = self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
-        x = self.head_drop(x)
+        """Tokens -> pool -> fc_norm -> (dropout, classifier unless ``pre_logits``)."""
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> list[Tensor]:
-        """Patch-token maps (B, C, h, w) after the chosen blocks, in block order.
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[Tensor, list[Any]]:
+        """Block outputs, as timm's EVA: ``(final tokens after norm, [maps])``, or only the maps.
 
-        ``indices``: block indices (negative count from the end), or an int n for the last n blocks. Default: four
-        evenly spaced blocks ending with the last (2, 5, 8, 11 for 12 blocks), as ViTDet / ViT-Adapter use.
+        ``indices``: None = every block, int n = the last n, a sequence picks blocks (negative from the end); maps come
+        in block order. Each map is (B, C, h, w) ("NCHW") or (B, h*w, C) ("NLC") of the patch tokens, after ``norm``
+        if ``norm`` (the final token norm; an identity in the avg-pool models, which normalise after pooling), paired
+        with the prefix tokens (B, num_prefix, C) if ``return_prefix_tokens``. ``stop_early`` skips the blocks after
+        the last one taken (the returned final tokens are then those of that block).
         """
-        depth = len(self.blocks)
-        if indices is None:
-            step = depth // 4
-            indices = [step * (i + 1) - 1 for i in range(4)]
-        elif isinstance(indices, int):
-            if not 1 <= indices <= depth:
-                raise ValueError(f"indices: expected 1..{depth} last blocks, got {indices}")
-            indices = list(range(depth - indices, depth))
-        take = sorted({i % depth if -depth <= i < depth else _bad_index(i, depth) for i in indices})
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
         x, grid = self.embed(x)
-        rope = self.rope(grid, x.device, x.dtype)
-        out = []
-        for i, blk in enumerate(self.blocks[: take[-1] + 1]):
-            x = self.run_block(blk, x, rope)
+        npt = self.num_prefix_tokens
+        ropes = self.ropes(grid, x)
+        maps: list[Any] = []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = self.run_block(blk, x, ropes, grid)
             if i in take:
-                t = x[:, self.num_prefix_tokens:]  # (B, h*w, C)
-                out.append(t.transpose(1, 2).reshape(x.shape[0], -1, *grid))  # (B, C, h, w)
-        return out
+                y = self.norm(x) if norm else x
+                t = y[:, npt:]  # (B, h*w, C)
+                if output_fmt == "NCHW":
+                    t = t.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
+                maps.append((t, y[:, :npt]) if return_prefix_tokens else t)
+        if intermediates_only:
+            return maps
+        return self.norm(x), maps
 
-    # --- training helpers -------------------------------------------------------------------------------------------
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (0 = none, forward returns pooled features)."""
-        dim = self.config.embed_dim
-        ref = self.fc_norm.weight
-        self.head = nn.Linear(dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
-        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+    # --- timm's model API -------------------------------------------------------------------------------------------
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / the head); returns the taken indices."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (0 = none: forward returns the pooled, fc_norm-ed features); ``global_pool`` also
+        changes the pooling ('' = none: forward returns every token). The norm placement stays as built."""
+        if global_pool is not None:
+            if global_pool not in POOL_TYPES or (global_pool == "token" and self.cls_token is None):
+                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = self.pos_embed
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
+                     else nn.Identity())
+        self.head.train(self.training)
+        self.num_classes = num_classes
+        self.config = dataclasses.replace(self.config, num_classes=num_classes, global_pool=self.global_pool,
+                                          fc_norm=not isinstance(self.fc_norm, nn.Identity))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise schedules, as timm: the stem, then one group per block, the norm last."""
+        return dict(stem=r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
@@ -396,7 +543,7 @@ class Eva02(Backbone):
         return len(self.blocks) + 2
 
     def layer_id(self, name: str) -> int:
-        """0: patch embedding, class token, position embedding; i + 1: block i; depth + 1: fc_norm and head."""
+        """0: patch embedding, class token, position embedding; i + 1: block i; depth + 1: norms and head."""
         if name.startswith(("cls_token", "pos_embed", "patch_embed")):
             return 0
         if name.startswith("blocks."):
@@ -409,10 +556,6 @@ class Eva02(Backbone):
         return convert_eva02_checkpoint(state_dict, self)
 
 
-def _bad_index(i: int, depth: int) -> int:
-    raise ValueError(f"block index {i} out of range for {depth} blocks")
-
-
 def resize_pos_embed(pos: Tensor, new: tuple[int, int], old: tuple[int, int], num_prefix: int = 1) -> Tensor:
     """(1, num_prefix + oh*ow, C) -> (1, num_prefix + nh*nw, C), bicubic with antialias (timm's rule)."""
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
@@ -421,6 +564,22 @@ def resize_pos_embed(pos: Tensor, new: tuple[int, int], old: tuple[int, int], nu
     grid = F.interpolate(grid, size=new, mode="bicubic", antialias=True, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], C).to(pos.dtype)  # (1, nh*nw, C)
     return torch.cat([prefix, grid], dim=1)
+
+
+def resample_patch_embed(weight: Tensor, new_size: tuple[int, int]) -> Tensor:
+    """A patch-embedding kernel (O, I, ph, pw) for another patch size, by FlexiViT's pseudo-inverse resize (Beyer et
+    al. 2023, as timm's ``resample_patch_embed``): with R the bicubic resize of a ph x pw patch to the new size, the
+    new kernel is w' = pinv(R)^T w, so that <R x, w'> = <x, w> for every patch x: a 16-px patch of the image
+    upsampled by 16/14 gives the token the 14-px kernel gave on the original."""
+    old = tuple(weight.shape[-2:])
+    if old == tuple(new_size):
+        return weight
+    n_old = old[0] * old[1]
+    basis = torch.eye(n_old, dtype=torch.float32, device=weight.device).reshape(n_old, 1, *old)
+    resize = F.interpolate(basis, size=tuple(new_size), mode="bicubic", antialias=True, align_corners=False)
+    resize = resize.reshape(n_old, -1).T  # (n_new, n_old): a flattened patch -> its resized version
+    kernel = weight.float().flatten(2) @ torch.linalg.pinv(resize)  # (O, I, n_old) @ (n_old, n_new)
+    return kernel.reshape(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
 # --- variants ----------------------------------------------------------------------------------------------------------
@@ -489,7 +648,8 @@ def convert_eva02_checkpoint(sd: dict[str, Tensor], model: Eva02) -> dict[str, T
     ``q_proj.bias``/``v_proj.bias`` for separate projections; RoPE buffers are dropped because they are derived;
     MIM ``mask_token``/``lm_head`` dropped and the final ``norm`` moved to ``fc_norm``, as timm does); bettervit MIM
     checkpoints (the student under ``encoder.``, everything else dropped); EVA-CLIP style ``visual.`` prefixes.
-    The position embedding is resized (bicubic) when the checkpoint was made for another grid.
+    The position embedding is resized (bicubic) when the checkpoint was made for another grid, the patch kernel
+    resampled (``resample_patch_embed``) for another patch size, and the class token dropped for a ViTDet trunk.
     """
     for prefix in ("encoder.", "visual.trunk.", "visual."):
         if any(k.startswith(prefix + "pos_embed") for k in sd):
@@ -500,19 +660,21 @@ def convert_eva02_checkpoint(sd: dict[str, Tensor], model: Eva02) -> dict[str, T
     for k, v in sd.items():
         if "rope" in k or k.endswith(("k_bias", "relative_position_index")) or k.startswith(_MIM_ONLY):
             continue
-        if is_mim and k.startswith("norm."):
+        if is_mim and k.startswith("norm.") and not isinstance(model.fc_norm, nn.Identity):
             k = "fc_norm." + k[len("norm."):]
         for old, new in _OFFICIAL_RENAMES:
             k = k.replace(old, new)
         if not model.config.qkv_fused:
             k = k.replace("attn.q_bias", "attn.q_proj.bias").replace("attn.v_bias", "attn.v_proj.bias")
         out[k] = v
+    if model.cls_token is None:  # ViTDet: no class token; drop it and its position-embedding entry (as EVA-02 det)
+        if out.pop("cls_token", None) is not None and "pos_embed" in out:
+            out["pos_embed"] = out["pos_embed"][:, 1:]
     w = out.get("patch_embed.proj.weight")
     own_w = model.patch_embed.proj.weight
     if w is not None and w.shape[-2:] != own_w.shape[-2:]:  # e.g. 14x14 kernel -> 16x16 for ViTDet (as EVA-02 det)
-        out["patch_embed.proj.weight"] = F.interpolate(w.float(), size=own_w.shape[-2:], mode="bicubic",
-                                                       align_corners=False).to(w.dtype)
-        log.info("resized patch embedding kernel from %s to %s", tuple(w.shape[-2:]), tuple(own_w.shape[-2:]))
+        out["patch_embed.proj.weight"] = resample_patch_embed(w, tuple(own_w.shape[-2:]))
+        log.info("resampled patch embedding kernel from %s to %s", tuple(w.shape[-2:]), tuple(own_w.shape[-2:]))
     pos = out.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
         n_old = pos.shape[1] - model.num_prefix_tokens

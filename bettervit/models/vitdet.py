@@ -1,11 +1,18 @@
-"""ViTDet's simple feature pyramid (Li et al. 2022, "Exploring Plain Vision Transformer Backbones for Object
-Detection"), so a plain EVA-02 serves FPN-style detection and segmentation heads.
+"""ViTDet (Li et al. 2022, "Exploring Plain Vision Transformer Backbones for Object Detection") on EVA-02: a plain
+EVA-02 trunk with window attention and a simple feature pyramid, so it serves FPN-style detection and segmentation
+heads.
+
+The trunk (``vitdet_eva02``), as EVA-02's detection backbone: 16x16 patches (the released 14x14 kernel resampled by
+FlexiViT's pseudo-inverse resize on load), no class token, attention within 16x16-token windows in most blocks and
+over the whole map in a few evenly spaced ones (4: blocks 2, 5, 8, 11 of 12; 5, 11, 17, 23 of 24), RoPE computed for
+one window in windowed blocks and for the whole grid in global ones, the 224 position embedding resized to the
+detection grid (1024 / 16 = 64).
 
 From the last block's single map at stride s (the patch size), four maps are made in parallel, without top-down
 connections: 4x up (two 2x2 stride-2 deconvolutions, LayerNorm + GELU between), 2x up (one deconvolution), identity,
 and 2x down (2x2 max-pool). Each then goes through a 1x1 and a 3x3 convolution (no bias), each followed by a
 LayerNorm over channels, to ``out_channels`` (256). With 16x16 patches (as EVA-02's detection models use: build the
-backbone with ``patch_size=16``; a 14x14 checkpoint kernel is resized on load) the strides are exactly 4, 8, 16, 32;
+backbone with ``patch_size=16``; a 14x14 checkpoint kernel is resampled on load) the strides are exactly 4, 8, 16, 32;
 with 14x14 patches they are 3.5, 7, 14, 28.
 """
 from __future__ import annotations
@@ -15,6 +22,37 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .eva02 import Eva02
+
+
+def global_block_indices(depth: int, num_global: int = 4) -> tuple[int, ...]:
+    """``num_global`` evenly spaced blocks ending with the last: (2, 5, 8, 11) for 12 blocks, (5, 11, 17, 23) for 24."""
+    return tuple((i + 1) * depth // num_global - 1 for i in range(num_global))
+
+
+def vitdet_eva02(
+    name: str = "eva02_base_patch14_224",
+    pretrained: bool | str = False,
+    *,
+    img_size: int | tuple[int, int] = 1024,
+    patch_size: int = 16,
+    window_size: int = 16,
+    num_global: int = 4,
+    out_channels: int = 256,
+    **overrides,
+) -> "ViTDetBackbone":
+    """A ViTDet backbone from a registered EVA-02 (and its weights): windowed trunk + simple feature pyramid.
+
+    ``img_size`` sets the stored position-embedding grid (any multiple of 2 * patch_size runs); other keyword
+    options override the trunk's config (e.g. ``drop_path_rate=0.1``).
+    """
+    from .. import create_model
+    from ..registry import get_entry
+
+    depth = overrides.get("depth", get_entry(name).config().depth)
+    trunk = create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, patch_size=patch_size,
+                         window_size=window_size, global_blocks=global_block_indices(depth, num_global),
+                         class_token=False, **overrides)
+    return ViTDetBackbone(trunk, out_channels)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -83,5 +121,5 @@ class ViTDetBackbone(nn.Module):
         p = 2 * self.backbone.config.patch_size
         if x.ndim == 4 and (x.shape[-2] % p or x.shape[-1] % p):
             raise ValueError(f"ViTDet input height and width must be multiples of {p}, got {tuple(x.shape[-2:])}")
-        (feat,) = self.backbone.forward_intermediates(x, indices=[-1])  # (B, C, h, w), last block
+        (feat,) = self.backbone.forward_intermediates(x, indices=1, intermediates_only=True)  # (B, C, h, w), last block
         return dict(zip(self.names, self.pyramid(feat)))

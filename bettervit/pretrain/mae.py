@@ -108,6 +108,9 @@ class MaskedAutoencoderHiera(Hiera):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
     # --- MAE ----------------------------------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> None:  # the decoder's position embedding and the mask fix the input size
+        self.check_input(x, self.config.multiple, fixed=self.config.img_hw)
+
     @property
     def num_units(self) -> int:
         return self.config.units_side**2
@@ -193,7 +196,7 @@ class MaskedAutoencoderHiera(Hiera):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         raise ValueError("the MAE model has no classifier head; build hiera_* and load this checkpoint into it")
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
         raise ValueError("the MAE model has no classifier head; build hiera_* and load this checkpoint into it")
 
     def no_weight_decay(self) -> set[str]:
