@@ -10,7 +10,7 @@ import torch
 
 import bettervit
 from bettervit import weights
-from bettervit.registry import get_entry
+from bettervit.factory import get_entry
 from bettervit.models.hiera import Hiera, HieraConfig, reroll, reroll_units, unroll
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 

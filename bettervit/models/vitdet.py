@@ -46,7 +46,7 @@ def vitdet_eva02(
     options override the trunk's config (e.g. ``drop_path_rate=0.1``).
     """
     from .. import create_model
-    from ..registry import get_entry
+    from ..factory import get_entry
 
     depth = overrides.get("depth", get_entry(name).config().depth)
     trunk = create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, patch_size=patch_size,
