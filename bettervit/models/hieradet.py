@@ -208,7 +208,6 @@ class MultiScaleBlock(nn.Module):
                 x = max_pool(x, self.q_stride)
         H, W = x.shape[1:3]  # the output grid
         if self.window_size:
-            B, Hi, Wi, _ = x_norm.shape
             win = pad_to_windows(x_norm, self.window_size)  # (B, Hp, Wp, C)
             Hp, Wp = win.shape[1:3]
             y = self.attn(window_partition(win, self.window_size))  # (B * nW, w', w', C_out)
