@@ -11,7 +11,8 @@ Written to tests/golden/hieradet/:
   timm_sam2_hiera_base_plus.safetensors
                                     base_plus (14x14 background embedding) filled by the rule: pooled features and
                                     the 4 stage maps (8 channels) at 128x192.
-  timm_variants.json                every sam2_hiera_* of timm: key shapes, parameter count, feature_info, window
+  timm_variants.json                every sam2_hiera_* of timm: key shapes, parameter count, GMACs at its
+                                    pretrained input size (torch's FlopCounterMode, batch 1), feature_info, window
                                     size per block, num_classes, head_hidden_size.
   official_sam2.1_hiera_tiny.safetensors
                                     the official SAM 2 trunk (sam2.modeling.backbones.hieradet.Hiera, SAM 2.1 tiny
@@ -30,6 +31,7 @@ import types
 import timm
 import torch
 from timm.models._features import FeatureGetterNet
+from torch.utils.flop_counter import FlopCounterMode
 
 from golden_common import GOLDEN, fill_module, golden_input, save_fixture
 
@@ -105,8 +107,13 @@ def base_plus_fixture() -> None:
 def variants_json() -> None:
     info = {}
     for name in VARIANTS:
-        model = timm.create_model(name)
+        with torch.device("meta"):  # shapes and FLOPs only
+            model = timm.create_model(name).eval()
+        with FlopCounterMode(display=False) as fc:
+            model(torch.empty(1, *model.pretrained_cfg["input_size"], device="meta"))
         info[name] = dict(
+            input_size=list(model.pretrained_cfg["input_size"]),
+            gmacs=fc.get_total_flops() / 2 / 1e9,
             shapes={k: list(v.shape) for k, v in model.state_dict().items()},
             params=sum(p.numel() for p in model.parameters()),
             feature_info=model.feature_info,
