@@ -210,6 +210,8 @@ def test_bad_input_sizes():
         model(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="multiples of 32"):
         HieraDet(HieraDetConfig(img_size=1000))
+    with pytest.raises(ValueError, match="must be a multiple of 2"):
+        HieraDet(HieraDetConfig(stages=(1, 1, 2, 1), window_spec=(8, 4, 3, 2), global_att_blocks=(), img_size=64))
     with torch.no_grad():  # non-square and below the built size are fine
         assert model.forward_features(torch.zeros(2, 3, 32, 96)).shape == (2, 1, 3, 128)
 

@@ -321,6 +321,8 @@ class HieraDet(Backbone):
         for i in range(depth):
             # the window is read before the stage advances: a stage's first block keeps the previous window
             window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
+            if window and i in pool_blocks and window % cfg.q_stride:
+                raise ValueError(f"block {i} pools windows of {window} tokens: must be a multiple of {cfg.q_stride}")
             dim_out = dim
             if i - 1 in ends:
                 dim_out, heads, stage = int(dim * cfg.dim_mul), int(heads * cfg.head_mul), stage + 1
