@@ -12,9 +12,19 @@ Written to tests/golden/hiera/:
                                 last-stage map of the official *classifier* loaded (strict=False, as the official
                                 loader does) from that MAE checkpoint: the MAE encoder inside a classifier.
   mae_shapes.json               key names/shapes of the official mae_hiera_*_224 models (built without random init).
+  timm_api_hiera_tiny_224.safetensors
+                                timm's hiera_tiny_224 built at img_size=64, filled by the rule, one golden 64x64 input:
+                                forward_intermediates for several indices / output formats / a mask (first 8 channels
+                                of each map, the full final tokens), pruned models' outputs, reset_classifier(0, ''),
+                                and in the metadata feature_info and features_only's channels / reductions / modules.
+  timm_sizes_hiera_tiny_224.safetensors
+                                timm's hiera_tiny_224 created at 256x192 and 160x320 with the rule's 224 checkpoint,
+                                its position embedding resampled by timm's resample_abs_pos_embed (bicubic, no
+                                antialias): logits and the 4 stage maps (first 4 channels) of one golden input each.
     .ref/bin/python scripts/golden_hiera.py
 """
 import json
+import sys
 
 import hiera
 import timm
@@ -22,6 +32,7 @@ import torch
 from hiera.hiera_mae import MaskedAutoencoderHiera
 
 from golden_common import GOLDEN, fill_module, golden_input, save_fixture
+from fill import fill_state_dict
 
 SIZES = ("tiny", "small", "base", "base_plus", "large", "huge")
 OUT = GOLDEN / "hiera"
@@ -96,10 +107,105 @@ def mae_shapes() -> None:
     print("wrote mae_shapes.json")
 
 
+def _maps(prefix: str, maps, outputs: dict, channels: int = 8, fmt: str = "NCHW") -> None:
+    for i, f in enumerate(maps):
+        outputs[f"{prefix}.{i}"] = f[:, :channels] if fmt == "NCHW" else f[..., :channels]
+
+
+def api_fixture() -> None:
+    """The timm model API on hiera_tiny_224 built at 64 px (small maps, every code path of the 224 model)."""
+    def fresh():
+        m = timm.create_model("hiera_tiny_224", img_size=64).eval()
+        fill_module(m)
+        return m
+
+    model = fresh()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    x = golden_input((1, 3, 64, 64))
+    out, meta = {"logits": model(x)}, {}
+    cases = {  # name: forward_intermediates kwargs
+        "all_nchw": dict(), "all_nhwc_late": dict(output_fmt="NHWC", stop_early=False), "last2_nhwc": dict(indices=2, output_fmt="NHWC"),
+        "pick02_nchw": dict(indices=[0, 2]), "pick02_nhwc": dict(indices=[0, 2], output_fmt="NHWC"),
+        "neg1_nchw": dict(indices=[-1]), "blocks_1_5": dict(indices=[1, 5], coarse=False),
+        "last1_blocks": dict(indices=1, coarse=False, stop_early=True),
+    }
+    for name, kw in cases.items():
+        final, maps = model.forward_intermediates(x, **kw)
+        out[f"fi.{name}.final"] = final
+        _maps(f"fi.{name}", maps, out, fmt=kw.get("output_fmt", "NCHW"))
+        meta[name] = [list(f.shape) for f in maps]
+    # with a mask (True = keep): units of 8x8 tokens at 64 px -> a 2x2 unit grid, keep 2 units
+    mask = torch.tensor([[True, False, False, True]])
+    final, maps = model.forward_intermediates(x, mask=mask, output_fmt="NHWC")
+    out["fi.mask.final"] = final
+    _maps("fi.mask", maps, out, fmt="NHWC")
+    out["mask"] = mask.float()
+    out["features_mask"] = model.forward_features(x, mask=mask)
+    meta["mask"] = [list(f.shape) for f in maps]
+    meta["feature_info"] = model.feature_info
+
+    for name, kw in {"prune02": dict(indices=[0, 2]), "prune4": dict(indices=4),
+                     "prune1_keephead": dict(indices=[1], prune_head=False)}.items():
+        m = fresh()
+        take = m.prune_intermediate_layers(**kw)
+        out[f"{name}.forward"] = m(x)
+        _maps(f"{name}.fi", m.forward_intermediates(x, indices=take, intermediates_only=True), out)
+        meta[name] = dict(take=list(take), num_features=m.num_features, head_hidden_size=m.head_hidden_size,
+                          blocks=len(m.blocks), num_classes=m.num_classes)
+    m = fresh()
+    m.reset_classifier(0, "")
+    out["reset0_nopool"] = m(x)
+    meta["reset0_nopool"] = dict(num_classes=m.num_classes, num_features=m.num_features,
+                                 head_hidden_size=m.head_hidden_size)
+
+    feat = timm.create_model("hiera_tiny_224", img_size=64, features_only=True, out_indices=(1, 2, 3)).eval()
+    fill_module(feat.model)  # the wrapper's keys carry a "model." prefix: fill the model's own names
+    _maps("features_only", feat(x), out)
+    fi = feat.feature_info
+    meta["features_only"] = dict(channels=fi.channels(), reduction=fi.reduction(), module_name=fi.module_name())
+    feat = timm.create_model("hiera_tiny_224", img_size=64, features_only=True)
+    fi = feat.feature_info
+    meta["features_only_default"] = dict(channels=fi.channels(), reduction=fi.reduction(), module_name=fi.module_name())
+    save_fixture(OUT / "timm_api_hiera_tiny_224.safetensors", out, shapes, input=[1, 3, 64, 64], img_size=64,
+                 reference=f"timm {timm.__version__}", **meta)
+
+
+def sizes_fixture() -> None:
+    """Built at 224, run at other sizes: timm's model created at that size with the resampled position embedding."""
+    from timm.layers import resample_abs_pos_embed
+
+    base = timm.create_model("hiera_tiny_224")
+    shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+    sd = fill_state_dict(shapes)
+    out, meta = {}, {}
+    for h, w in ((256, 192), (160, 320)):
+        model = timm.create_model("hiera_tiny_224", img_size=(h, w)).eval()
+        moved = dict(sd)
+        moved["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=(h // 4, w // 4), old_size=(56, 56),
+                                                    num_prefix_tokens=0, antialias=False)
+        model.load_state_dict(moved, strict=True)
+        x = golden_input((1, 3, h, w))
+        tag = f"{h}x{w}"
+        out[f"{tag}.logits"] = model(x)
+        _maps(f"{tag}.stage", model.forward_intermediates(x, intermediates_only=True), out, channels=4)
+        meta[tag] = [1, 3, h, w]
+    save_fixture(OUT / "timm_sizes_hiera_tiny_224.safetensors", out, shapes, reference=f"timm {timm.__version__}",
+                 sizes=meta)
+
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["api"]:  # only the model-API and run-time-size fixtures
+        api_fixture()
+        sizes_fixture()
+        sys.exit()
+    if sys.argv[1:] == ["api-only"]:
+        api_fixture()
+        sys.exit()
     mae_shapes()
     official_mae_fixture()
     official_fixtures()
     timm_fixtures()
+    api_fixture()
+    sizes_fixture()

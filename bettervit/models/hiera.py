@@ -14,23 +14,28 @@ mask unit is a contiguous run of tokens, and inside it the four members of every
 quarter of the unit apart. Pooling is then ``view(..., 4, n/4, C).amax``, mask-unit attention is plain batched
 attention over (B * units, tokens-per-unit), and MAE can drop masked units by indexing whole runs.
 
+Any input whose sides are multiples of 32 (one mask unit) runs, square or not; the position embedding is resampled
+to the input's grid. The model API (forward_intermediates, feature_info, prune / reset) follows timm's Hiera.
+
 The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
 map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load.
+One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, onednn
+from ..layers import DropPath, Mlp
 from ..registry import register_model
-from .base import Backbone
+from ..layers.pos_embed import resample_abs_pos_embed
+from .base import Backbone, feature_take_indices
 
 
 @dataclass
@@ -38,9 +43,14 @@ class HieraConfig:
     embed_dim: int = 96  # width of stage 1; doubles at each stage (dim_mul)
     num_heads: int = 1  # heads of stage 1; double at each stage (head_mul)
     stages: tuple[int, ...] = (2, 3, 16, 3)  # blocks per stage
-    img_size: int = 224  # a multiple of patch_stride * mask_unit_size = 32
+    # the size the model is built for: it sets the stored position-embedding grid. Any H x W that are multiples of
+    # patch_stride * mask_unit_size = 32 runs at run time (the position embedding is resampled, see pos_embed_for)
+    img_size: int | tuple[int, int] = 224
     in_chans: int = 3
     num_classes: int = 1000
+    global_pool: str = "avg"  # token pooling before the head: "avg", "max", "avgmax" or "" (none: per-token logits)
+    drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate)
+    drop_path_rate: float = 0.0  # stochastic depth of the last block; linear from 0 over the blocks
     q_pool: int = 3  # number of stage transitions that pool (3 for classifiers, 2 for MAE encoders)
     q_stride: int = 2  # pooling stride per axis
     mask_unit_size: int = 8  # tokens per mask-unit side; must equal q_stride ** (len(stages) - 1)
@@ -51,18 +61,44 @@ class HieraConfig:
     patch_stride: int = 4
     patch_padding: int = 3
     mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0
     norm_eps: float = 1e-6
     head_init_scale: float = 0.001
+    head_dropout: float | None = None  # older name of drop_rate; when given it sets drop_rate
+
+    def __post_init__(self) -> None:
+        if self.head_dropout is not None:
+            self.drop_rate, self.head_dropout = self.head_dropout, None
+        if isinstance(self.img_size, list):  # e.g. from a JSON config
+            self.img_size = tuple(self.img_size)
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        """The build size as (H, W)."""
+        s = self.img_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be multiples of this (32): one mask unit in pixels."""
+        return self.patch_stride * self.mask_unit_size
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Token grid (h, w) of the build size: the grid the stored position embedding has."""
+        H, W = self.img_hw
+        return H // self.patch_stride, W // self.patch_stride
 
     @property
     def tokens_side(self) -> int:
-        return self.img_size // self.patch_stride
+        """Tokens per side of a square build size (the MAE model's grids)."""
+        h, w = self.token_grid
+        if h != w:
+            raise ValueError(f"tokens_side needs a square img_size, got {self.img_size}")
+        return h
 
     @property
     def units_side(self) -> int:
-        """Mask units per side of the image (7 at 224)."""
+        """Mask units per side of a square build size (7 at 224)."""
         return self.tokens_side // self.mask_unit_size
 
     @property
@@ -74,9 +110,6 @@ class HieraConfig:
     def stage_ends(self) -> list[int]:
         return [sum(self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
 
-    def stage_dims(self) -> list[int]:
-        return [int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages))]
-
     def validate(self) -> None:
         if len(self.mask_unit_attn) != len(self.stages):
             raise ValueError(f"mask_unit_attn needs one flag per stage ({len(self.stages)}), got {self.mask_unit_attn}")
@@ -87,9 +120,14 @@ class HieraConfig:
                 f"mask_unit_size must equal q_stride ** (stages - 1) = {self.q_stride ** self.num_unroll}, "
                 f"got {self.mask_unit_size}"
             )
-        multiple = self.patch_stride * self.mask_unit_size
-        if self.img_size <= 0 or self.img_size % multiple:
-            raise ValueError(f"Hiera img_size must be a positive multiple of {multiple}, got {self.img_size}")
+        H, W = self.img_hw
+        if min(H, W) <= 0 or H % self.multiple or W % self.multiple:
+            raise ValueError(f"Hiera img_size must be a positive multiple of {self.multiple} per side, got {self.img_size}")
+        if self.global_pool not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {self.global_pool!r}")
+
+
+POOL_TYPES = ("", "avg", "max", "avgmax")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,8 +180,8 @@ def reroll_units(x: Tensor, units: int, levels: int, stride: int = 2) -> Tensor:
 
 class _WindowMax(torch.autograd.Function):
     """``amax(dim)`` with a leaner backward than autograd's own (which turns the bool mask of maxima into floats
-    twice and counts ties in int64, ~2x slower here). The gradient goes to the maxima, split evenly between ties,
-    exactly as for ``amax``."""
+    twice and counts ties in int64). The gradient goes to the maxima, split evenly between ties, exactly as for
+    ``amax``. Only plain tensor ops, so torch.compile traces through it (fullgraph) and Inductor lowers it."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:
@@ -157,7 +195,7 @@ class _WindowMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         x, y = ctx.saved_tensors
         hit = x == y.unsqueeze(ctx.dim)
-        ties = hit.view(torch.uint8).sum(ctx.dim, dtype=torch.uint8)  # counted as bytes: no float copy of the mask
+        ties = hit.sum(ctx.dim, dtype=torch.uint8)  # counted as bytes: no float copy of the mask
         share = grad / ties  # ties (e.g. a constant image) share the gradient
         return hit * share.unsqueeze(ctx.dim), None
 
@@ -191,9 +229,12 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """(B, N, C) -> (B, N', C_out); with ``residual`` (CPU fp32 inference only) residual + output, one kernel."""
-        B, N, _ = x.shape
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, N', C_out)
+        return self.proj(self.attend(self.qkv(x)))
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Projected (B, N, 3 * C_out) q, k, v -> (B, N', C_out) attention output, before the output projection."""
+        B, N, _ = qkv.shape
         # Mask-unit attention folds the units into the batch; global attention sees all N tokens at once. Either way
         # q, k, v are 4-D (batch, heads, tokens, head_dim), which SDPA's fused kernels accept.
         if self.unit_attn:
@@ -201,10 +242,6 @@ class MaskUnitAttention(nn.Module):
             G, T, U = B * units, N // units, 1
         else:  # U: units, only needed to locate the pooling windows
             G, T, U = B, N, N // (self.q_stride * self.window_size) if self.q_stride > 1 else 1
-        if residual is not None:  # CPU fp32 inference (see HieraBlock.forward): oneDNN on the packed weight
-            qkv = onednn.linear(x, self.qkv.weight, self.qkv.bias)
-        else:
-            qkv = self.qkv(x)
         # (G, T, 3, nh, hd) -> 3 x (G, nh, T, hd) views. Unbinding dim 2 (not permuting 3 to the front first) makes
         # the backward stack the three gradients straight into the token-major layout the qkv matmul reads: one copy.
         q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.heads, self.head_dim).unbind(2))
@@ -212,25 +249,7 @@ class MaskUnitAttention(nn.Module):
             q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
             q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
-        x = x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
-        if residual is not None:
-            return onednn.linear_add(x, residual, self.proj.weight, self.proj.bias)
-        return self.proj(x)
-
-
-class HieraMlp(Mlp):
-    """Linear -> GELU (erf) -> Linear, plus an optional residual. In CPU fp32 inference fc1 + GELU and fc2 + residual
-    each run as one oneDNN kernel: the same math without writing and re-reading the 4x-wide hidden activation or the
-    block output (on a 2-core CPU GELU alone costs ~40% of fc1, a residual add ~60% of fc2)."""
-
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if onednn.usable(x):
-            h = onednn.linear(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
-            if residual is None:
-                return onednn.linear(h, self.fc2.weight, self.fc2.bias)
-            return onednn.linear_add(h, residual, self.fc2.weight, self.fc2.bias)
-        y = self.fc2(self.act(self.fc1(x)))
-        return y if residual is None else y.add_(residual)
+        return x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
 
 
 class HieraBlock(nn.Module):
@@ -257,62 +276,21 @@ class HieraBlock(nn.Module):
         self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = HieraMlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
-
-    # On CPU, blocks with many tokens run in pieces: in inference mask-unit blocks by units (see _in_chunks), in
-    # training any block by whole images (at the stride-4 stage ~1.15x faster forward + backward on a 2-core CPU:
-    # fewer tensors above glibc's 32 MB mmap threshold, each of which page-faults afresh on every allocation).
-    chunk_tokens = 4096
-    train_chunk_tokens = 8192
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
     def forward(self, x: Tensor) -> Tensor:
-        if onednn.usable(x) and not self.training:  # CPU fp32 inference: oneDNN kernels, residuals fused
-            if self.attn.unit_attn and x.shape[0] * x.shape[1] >= 2 * self.chunk_tokens:
-                return self._in_chunks(x)
-            return self._forward_inference(x)
-        B, N, _ = x.shape
-        if x.device.type == "cpu" and B > 1 and B * N >= 2 * self.train_chunk_tokens:
-            return torch.cat([self._forward_train(c) for c in x.split(max(1, self.train_chunk_tokens // N))])
-        return self._forward_train(x)
-
-    def _forward_train(self, x: Tensor) -> Tensor:
         x_norm = self.norm1(x)
         if self.proj is not None:
-            x = self._pool(self.proj(x_norm))
+            x = self.pool(self.proj(x_norm))
         # residuals are added into the fresh branch output: one large allocation fewer per add
         x = self.drop_path(self.attn(x_norm)).add_(x)
-        if isinstance(self.drop_path, nn.Identity):
-            return self.mlp(self.norm2(x), residual=x)
         return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
-    def _pool(self, x: Tensor) -> Tensor:
+    def pool(self, x: Tensor) -> Tensor:
         """The projected residual, max-pooled like the queries at a stage's first block."""
         if self.q_stride == 1:
             return x
         return pool_tokens(x, x.shape[1] // (self.q_stride * self.window_size), self.q_stride)
-
-    def _forward_inference(self, x: Tensor) -> Tensor:
-        x_norm = self.norm1(x)
-        if self.proj is not None:
-            x = self._pool(onednn.linear(x_norm, self.proj.weight, self.proj.bias))
-        x = self.attn(x_norm, residual=x)
-        return self.mlp(self.norm2(x), residual=x)
-
-    def _in_chunks(self, x: Tensor) -> Tensor:
-        """The same block, a few thousand tokens at a time.
-
-        With mask-unit attention every unit is computed on its own, and the unit-major token order (see ``unroll``)
-        keeps a unit's tokens contiguous: (B, N, C) -> (B * units, tokens per unit, C) makes each unit a batch item
-        with the same result, and the batch can be split anywhere. At the stride-4 stage a batch of 8 is 25k tokens,
-        whose 4x-wide MLP activation alone is 38 MB; in chunks of 4096 tokens the intermediates stay in cache
-        instead of streaming through memory, and those blocks run ~1.3-1.7x faster on a 2-core CPU.
-        """
-        B, N, C = x.shape
-        unit = self.q_stride * self.window_size  # input tokens per mask unit
-        units = x.reshape(B * N // unit, unit, C)
-        per = max(1, self.chunk_tokens // unit)
-        out = torch.cat([self._forward_inference(chunk) for chunk in units.split(per)])
-        return out.view(B, -1, self.dim_out)
 
 
 class PatchEmbed(nn.Module):
@@ -330,17 +308,29 @@ class PatchEmbed(nn.Module):
         return self.proj(x)  # (B, C, H/4, W/4)
 
 
+def global_pool(x: Tensor, pool_type: str) -> Tensor:
+    """(B, N, C) tokens -> (B, C) by ``pool_type`` ("avg", "max", "avgmax"); "" keeps the tokens."""
+    if pool_type == "avg":
+        return x.mean(dim=1)
+    if pool_type == "max":
+        return x.amax(dim=1)
+    if pool_type == "avgmax":
+        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))
+    return x
+
+
 class Head(nn.Module):
-    """Mean over tokens -> LayerNorm -> dropout -> Linear. Returns logits in train and eval mode."""
+    """Pool over tokens -> LayerNorm -> dropout -> Linear. Returns logits in train and eval mode."""
 
     def __init__(self, dim: int, num_classes: int, cfg: HieraConfig) -> None:
         super().__init__()
+        self.pool_type = cfg.global_pool
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.head_dropout)
+        self.drop = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, N, C) -> (B, classes)
-        x = self.drop(self.norm(x.mean(dim=1)))
+        x = self.drop(self.norm(global_pool(x, self.pool_type)))
         return x if pre_logits else self.fc(x)
 
 
@@ -348,40 +338,52 @@ class Head(nn.Module):
 # The model
 # ---------------------------------------------------------------------------------------------------------------
 class Hiera(Backbone):
-    """Hiera classifier. ``forward_tokens`` is the encoder shared with the MAE model (bettervit.pretrain.mae)."""
+    """Hiera classifier. ``forward_tokens`` is the encoder shared with the MAE model (bettervit.pretrain.mae).
+
+    Attributes as timm's Hiera: ``num_classes``, ``num_features`` (width of the last kept block),
+    ``head_hidden_size``, ``feature_info`` (one dict per stage: num_chs, reduction, module).
+    """
 
     classifier_prefixes = ("head.fc.",)
+    default_out_indices = 4  # features_only: the last 4 stages, i.e. all of them
 
     def __init__(self, config: HieraConfig) -> None:
         super().__init__()
         config.validate()
         self.config = cfg = config
+        self.num_classes = cfg.num_classes
         self.patch_embed = PatchEmbed(cfg)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens_side**2, cfg.embed_dim))  # raster order
+        h, w = cfg.token_grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))  # raster order, build-size grid
+        self._pos_cache: dict = {}  # run-time grid -> resampled position embedding (see pos_embed_for)
 
         depth, ends = sum(cfg.stages), cfg.stage_ends
-        pool_blocks = {e + 1 for e in ends[: cfg.q_pool]}
-        rates = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear stochastic depth
+        self.pool_blocks = [e + 1 for e in ends[: cfg.q_pool]]  # blocks that pool queries and residual
+        rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()  # linear stochastic depth
         dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
         window = cfg.mask_unit_size**2  # tokens per mask unit, flattened
         q_stride = cfg.q_stride**2
         self.blocks = nn.ModuleList()
+        self.feature_info = []
         for i in range(depth):
             dim_out = dim
             unit_attn = cfg.mask_unit_attn[stage]  # read before the stage advances: the switch lags one block
             if i - 1 in ends:
                 dim_out, heads, stage = int(dim * cfg.dim_mul), int(heads * cfg.head_mul), stage + 1
-                if i in pool_blocks:
+                if i in self.pool_blocks:
                     window //= q_stride
             self.blocks.append(
                 HieraBlock(
                     dim, dim_out, heads, mlp_ratio=cfg.mlp_ratio, drop_path=rates[i],
-                    q_stride=q_stride if i in pool_blocks else 1, window_size=window, unit_attn=unit_attn,
+                    q_stride=q_stride if i in self.pool_blocks else 1, window_size=window, unit_attn=unit_attn,
                     eps=cfg.norm_eps,
                 )
             )
+            if i in ends:
+                reduction = cfg.patch_stride * cfg.q_stride ** min(stage, cfg.q_pool)
+                self.feature_info.append(dict(num_chs=dim_out, reduction=reduction, module=f"blocks.{i}"))
             dim = dim_out
-        self.num_features = dim
+        self.num_features = self.head_hidden_size = dim
         self._make_head()
         self._init_weights()
 
@@ -398,6 +400,30 @@ class Hiera(Backbone):
         if isinstance(getattr(self, "head", None), Head) and isinstance(self.head.fc, nn.Linear):
             self.head.fc.weight.data.mul_(self.config.head_init_scale)
 
+    # --- position embedding at the input's grid -----------------------------------------------------------------
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """The (1, h*w, C) raster position embedding for a token grid: the stored one at the build size, else
+        resampled from it (bicubic, no antialias). Resampled tables are cached per grid for inference; with
+        autograd on (training) or while compiling / exporting they are recomputed so gradients and graphs see them.
+        The cache is a plain attribute (not in the state dict) checked against the parameter's version counter and
+        storage, so ``load_state_dict``, optimizer steps and ``.to()`` refresh it."""
+        base = self.config.token_grid
+        if tuple(grid) == base:
+            return self.pos_embed
+        pos = self.pos_embed
+        if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or _exporting():
+            return resample_abs_pos_embed(pos, grid, base)
+        key = (tuple(grid), pos.device, pos.dtype)
+        stamp = (_version(pos), pos.data_ptr())
+        hit = self._pos_cache.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base))
+        return hit[1]
+
+    def _apply(self, fn, recurse=True):
+        self._pos_cache.clear()  # tables follow the module's device / dtype
+        return super()._apply(fn, recurse)
+
     # --- encoder ------------------------------------------------------------------------------------------------
     def _run(self, block: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -405,74 +431,197 @@ class Hiera(Backbone):
         return block(x)
 
     def _check(self, x: Tensor) -> None:
-        cfg = self.config
-        self.check_input(x, cfg.patch_stride * cfg.mask_unit_size, fixed=(cfg.img_size, cfg.img_size))
+        self.check_input(x, self.config.multiple)
 
-    def embed(self, x: Tensor, visible: Tensor | None = None) -> Tensor:
-        """Images -> (B, N, C) tokens in mask-unit-major order with position embeddings.
+    def _check_mask(self, mask: Tensor, x: Tensor) -> None:
+        m = self.config.multiple
+        units = (x.shape[-2] // m) * (x.shape[-1] // m)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (x.shape[0], units):
+            raise ValueError(f"mask must be a bool tensor of shape {(x.shape[0], units)} (True = keep the mask "
+                             f"unit), got {mask.dtype} {tuple(mask.shape)}")
 
-        ``visible`` (B, units) bool, True = keep: pixels of the other units are zeroed before the patch conv and
-        their tokens dropped, leaving (B, n_visible * 64, C).
+    def embed(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+        """Images -> ((B, N, C) tokens in mask-unit-major order with position embeddings, token grid (h, w)).
+
+        ``visible`` (B, units) bool, True = keep, units in raster order over the input's unit grid: pixels of the
+        other units are zeroed before the patch conv and their tokens dropped, leaving (B, n_visible * 64, C).
         """
         cfg = self.config
         pixel_mask = None
         if visible is not None:
-            m, p = cfg.units_side, cfg.mask_unit_size * cfg.patch_stride
-            pixel_mask = visible.view(-1, 1, m, 1, m, 1).expand(-1, -1, -1, p, -1, p)
-            pixel_mask = pixel_mask.reshape(-1, 1, m * p, m * p).to(x.dtype)  # (B, 1, H, W)
+            uh, uw, p = x.shape[-2] // cfg.multiple, x.shape[-1] // cfg.multiple, cfg.multiple
+            pixel_mask = visible.view(-1, 1, uh, 1, uw, 1).expand(-1, -1, -1, p, -1, p)
+            pixel_mask = pixel_mask.reshape(-1, 1, uh * p, uw * p).to(x.dtype)  # (B, 1, H, W)
         x = self.patch_embed(x, pixel_mask)  # (B, C, h, w)
-        s = cfg.tokens_side
+        grid = (x.shape[-2], x.shape[-1])
         x = unroll(x.permute(0, 2, 3, 1), cfg.num_unroll, cfg.q_stride)  # (B, N, C)
-        pos = unroll(self.pos_embed.view(1, s, s, -1), cfg.num_unroll, cfg.q_stride)
-        x = x + pos
+        pos = self.pos_embed_for(grid).view(1, grid[0], grid[1], -1)
+        x = x + unroll(pos, cfg.num_unroll, cfg.q_stride)
         if visible is not None:
             B, N, C = x.shape
             x = x.view(B, visible.shape[1], -1, C)[visible].view(B, -1, C)  # keep whole visible units
-        return x
+        return x, grid
+
+    def _pools_by(self, block: int) -> int:
+        """Poolings done by the end of ``block``."""
+        return sum(1 for p in self.pool_blocks if p <= block)
 
     def _levels_after(self, stage: int) -> int:
         """Unpooled levels left in the token order at the end of ``stage``."""
         return self.config.num_unroll - min(stage, self.config.q_pool)
 
+    def _encode(
+        self, x: Tensor, visible: Tensor | None = None, take: Sequence[int] = (), last: int | None = None
+    ) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
+        """Embed and run blocks 0..``last`` (default: all). -> (tokens after ``last``, input token grid, the
+        outputs of the blocks in ``take``, in block order)."""
+        self._check(x)
+        x, grid = self.embed(x, visible)
+        last = len(self.blocks) - 1 if last is None else last
+        outs = []
+        for i, block in enumerate(self.blocks[: last + 1]):
+            x = self._run(block, x)
+            if i in take:
+                outs.append(x)
+        return x, grid, outs
+
     def forward_tokens(
         self, x: Tensor, visible: Tensor | None = None, take: set[int] | None = None
     ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
-        """Run the encoder. Returns the last tokens (B, N', C) and, for each stage in ``take``, its output tokens."""
-        self._check(x)
-        x = self.embed(x, visible)
-        outs = []
-        stage_of_end = {e: j for j, e in enumerate(self.config.stage_ends)}
-        last = max(self.config.stage_ends[j] for j in take) if take else len(self.blocks) - 1
-        for i, block in enumerate(self.blocks[: last + 1]):
-            x = self._run(block, x)
-            if take and stage_of_end.get(i, -1) in take:
-                outs.append((stage_of_end[i], x))
-        return x, outs
+        """Run the encoder (our token order). Returns the last tokens (B, N', C) and, for each stage in ``take``,
+        (stage, its output tokens); stops after the last stage asked for."""
+        ends = self.config.stage_ends
+        stages = sorted(take or ())
+        last = ends[stages[-1]] if stages else None
+        x, _, outs = self._encode(x, visible, [ends[j] for j in stages], last)
+        return x, list(zip(stages, outs))
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) -> (B, (S/32)^2, C_last) tokens; raster order once all three poolings have run."""
-        return self.forward_tokens(x)[0]
+    def _to_timm_order(self, x: Tensor, block: int) -> Tensor:
+        """Tokens after ``block`` in timm's (and the official code's) order: the unpooled 2x2 levels first, the
+        mask units last (ours keeps units outermost, see unroll). Raster once every level has pooled."""
+        levels = self.config.num_unroll - self._pools_by(block)
+        if levels == 0:
+            return x
+        B, N, C = x.shape
+        per_unit = self.config.q_stride ** (2 * levels)
+        return x.view(B, N // per_unit, per_unit, C).transpose(1, 2).reshape(B, N, C)
+
+    def _to_map(self, t: Tensor, block: int, grid: tuple[int, int], units: int | None) -> Tensor:
+        """Block output tokens -> (B, h, w, C) raster map, or with a mask (B, visible units, m, m, C)."""
+        cfg = self.config
+        pools, levels = self._pools_by(block), cfg.num_unroll - self._pools_by(block)
+        if units is not None:
+            return reroll_units(t, units, levels, cfg.q_stride)
+        side = (grid[0] // cfg.q_stride**pools, grid[1] // cfg.q_stride**pools)
+        return reroll(t, side, levels, cfg.q_stride)
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) -> (B, N, C_last) tokens (raster (H/32, W/32) once all three poolings have run).
+
+        ``mask`` (B, units) bool, True = keep (timm's meaning): only those mask units are encoded."""
+        if mask is not None:
+            self._check_mask(mask, x)
+        x, _, _ = self._encode(x, mask)
+        return self._to_timm_order(x, len(self.blocks) - 1)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """One NCHW map per stage, in spatial (raster) order: strides 4, 8, 16, 32 of the input."""
-        cfg = self.config
-        _, outs = self.forward_tokens(x, take=set(range(len(cfg.stages))))
-        maps = []
-        for stage, t in outs:
-            side = cfg.tokens_side // cfg.q_stride ** min(stage, cfg.q_pool)
-            maps.append(reroll(t, (side, side), self._levels_after(stage), cfg.q_stride).permute(0, 3, 1, 2))
-        return maps
+    def _taps(self, coarse: bool) -> list[int]:
+        """The blocks ``indices`` count over: stage ends (coarse, timm's default) or every block."""
+        return list(self.config.stage_ends) if coarse else list(range(len(self.blocks)))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.config.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = True,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        coarse: bool = True,
+    ) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """Stage maps as timm's Hiera returns them: ``(final tokens, [maps])``, or ``[maps]`` if
+        ``intermediates_only``.
+
+        ``indices`` count over the 4 stages (strides 4, 8, 16, 32), or over blocks with ``coarse=False``: None = all,
+        int n = the last n, a sequence picks (negative from the end); maps come in block order. Maps are NCHW or NHWC
+        (``output_fmt``), spatial order. ``stop_early`` (timm's Hiera default: True) stops after the last block
+        asked for; the final tokens are then that block's output, in timm's token order (see ``_to_timm_order``).
+        ``mask`` (B, units) bool, True = keep: only those mask units run, and each map is per unit,
+        (B, kept units, m, m, C) (``output_fmt='NHWC'`` only, as timm). ``norm`` is refused, as by timm: Hiera has
+        no norm over its stage maps (the head's norm comes after pooling).
+        """
+        if norm:
+            raise ValueError("Hiera has no norm for intermediate features; pass norm=False")
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if mask is not None:
+            self._check_mask(mask, x)
+            if output_fmt != "NHWC":
+                raise ValueError("with a mask the maps are per mask unit (B, units, m, m, C): pass output_fmt='NHWC'")
+        taps = self._taps(coarse)
+        take, last = feature_take_indices(len(taps), indices)
+        take_blocks = [taps[i] for i in take]
+        last_block = taps[last] if stop_early else len(self.blocks) - 1
+        x, grid, outs = self._encode(x, mask, take_blocks, last_block)
+        units = None if mask is None else int(mask[0].sum())
+        blocks = [i for i in range(min(last_block, len(self.blocks) - 1) + 1) if i in take_blocks]
+        maps = []
+        for block, t in zip(blocks, outs):
+            m = self._to_map(t, block, grid, units)
+            maps.append(m.permute(0, 3, 1, 2) if output_fmt == "NCHW" else m)
+        if intermediates_only:
+            return maps
+        return self._to_timm_order(x, min(last_block, len(self.blocks) - 1)), maps
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True, coarse: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last level in ``indices`` (meaning as in forward_intermediates). If blocks were
+        dropped, ``num_features`` becomes the last kept width. With ``prune_head`` or dropped blocks the head keeps
+        only its pooling: norm and classifier become identities (as timm). Returns the absolute indices taken.
+        (``prune_norm``: Hiera's only final norm is the head's, so it has no separate effect.)"""
+        taps = self._taps(coarse)
+        take, last = feature_take_indices(len(taps), indices)
+        last_block = taps[last]
+        prune_end = last_block < len(self.blocks) - 1
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.blocks[last_block].dim_out
+        self.blocks = self.blocks[: last_block + 1]
+        if prune_head or prune_end:
+            self.reset_classifier(0, reset_other=True)
+        return take
+
+    # --- classifier -------------------------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """New classifier for ``num_classes`` (0: identity, the head returns pooled, normed features).
+        ``global_pool`` changes the pooling ('' keeps every token); ``reset_other`` also drops the head's norm."""
+        if global_pool is not None:
+            if global_pool not in POOL_TYPES:
+                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+            self.head.pool_type = self.config.global_pool = global_pool
+        if reset_other:
+            self.head.norm = nn.Identity()
+        self.num_classes = self.config.num_classes = num_classes
+        ref = self.pos_embed
+        self.head.fc = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0 else nn.Identity()
+        )
+        self.head.fc.train(self.training)
 
     # --- training helpers ---------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups as timm's (stem = position and patch embedding, then one group per block)."""
+        return dict(stem=r"^pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def num_layer_ids(self) -> int:
         return len(self.blocks) + 2  # patch embed + position embedding, every block, head
@@ -488,6 +637,18 @@ class Hiera(Backbone):
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         return convert_checkpoint(state_dict, self)
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor has no version counter
+        return -1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,18 +698,6 @@ def hiera_nano() -> HieraConfig:
 _MAE_ONLY = ("decoder_", "mask_token", "multi_scale_fusion_heads.")
 
 
-def resize_pos_embed(pos: Tensor, side: int) -> Tensor:
-    """Bicubic resize of a (1, n*n, C) raster position embedding to (1, side*side, C)."""
-    n = math.isqrt(pos.shape[1])
-    if n * n != pos.shape[1]:
-        raise ValueError(f"position embedding with {pos.shape[1]} tokens is not a square grid")
-    if n == side:
-        return pos
-    grid = pos.reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, side * side, -1).to(pos.dtype)
-
-
 def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str, Tensor]:
     """timm or official Hiera / MAE-Hiera state dict -> this classifier's keys; position embedding resized."""
     is_mae = any(k.startswith(_MAE_ONLY) for k in state_dict)
@@ -563,9 +712,7 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
         elif k.startswith("encoder_norm.") and is_mae:
             k = "head.norm." + k.removeprefix("encoder_norm.")
         if k == "pos_embed":
-            v = resize_pos_embed(v, model.config.tokens_side)
+            v = resample_abs_pos_embed(v, model.config.token_grid)  # from a square grid
         out[k] = v
     return out
 
-
-from ..pretrain import mae as _mae  # noqa: E402,F401  (registers the mae_hiera_* variants)
