@@ -70,6 +70,16 @@ def _pair(kind, what: str):
     return parse
 
 
+def _impl_list(s: str) -> list[str]:
+    from .bench import IMPLS
+
+    names = [t.strip() for t in s.split(",") if t.strip()]
+    bad = [n for n in names if n not in IMPLS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(IMPLS)}, got {s!r}")
+    return names
+
+
 _POS_FLOAT = _float_in(0.0, float("inf"), lo_open=True)
 _NONNEG_FLOAT = _float_in(0.0, float("inf"))
 _UNIT = _float_in(0.0, 1.0)
@@ -186,12 +196,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("images", nargs="+", metavar="IMAGE")
 
-    s = sub.add_parser("bench", help="inference and training-step throughput")
+    s = sub.add_parser("bench", help="bettervit vs timm: img/s, peak memory, MFU (inference and training step)")
     s.add_argument("--model", required=True)
-    s.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
+                   help="autocast dtype (default: bf16 on cuda, none on cpu)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the models (see --impls)")
+    s.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    s.add_argument("--batch-size", type=_int_at_least(1), default=None, help="default 8 on cpu, 128 on cuda")
     s.add_argument("--img-size", type=_int_at_least(8), default=None)
     s.add_argument("--repeats", type=_int_at_least(1), default=10)
+    s.add_argument("--warmup", type=_int_at_least(1), default=3)
     s.add_argument("--no-train", dest="train", action="store_false", help="inference only")
+    s.add_argument("--impls", type=_impl_list, default=None,
+                   help="comma list of plain, optimized, compiled, timm, timm-compiled (default: cpu: plain, "
+                        "optimized, timm, timm-compiled (+ compiled with --compile); cuda: plain, timm or, with "
+                        "--compile, compiled, timm-compiled)")
+    s.add_argument("--no-timm", dest="timm", action="store_false", help="bettervit alone even if timm is installed")
+    s.add_argument("--peak-tflops", type=_POS_FLOAT, default=None,
+                   help="the device's peak for MFU (default: known-GPU table on cuda, measured matmul on cpu)")
+    s.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads for torch")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+    s = sub.add_parser("export", help="torch.export (.pt2) or ONNX file, checked against eager")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", default=None, help="a run checkpoint or weight file (default: released weights)")
+    s.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    s.add_argument("--output", required=True, metavar="FILE")
+    s.add_argument("--img-size", type=_int_at_least(8), default=None, help="example input size (default: the model's)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    hw = s.add_mutually_exclusive_group()
+    hw.add_argument("--dynamic-hw", dest="dynamic_hw", action="store_true", default=None,
+                    help="require a dynamic H x W (default: dynamic where the model allows)")
+    hw.add_argument("--static-hw", dest="dynamic_hw", action="store_false", help="export H x W as fixed")
+    s.add_argument("--static-batch", action="store_true", help="export the batch dimension as fixed")
+    s.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against eager")
     return p
 
 
@@ -206,9 +246,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         raise CliError(f"no registered model matches {args.pattern!r}; try `bettervit models`")
     rows = []
     for name in names:
-        info = count_model(name)
+        size, params, flops = model_counts(name)
         entry = get_entry(name)
-        rows.append((name, entry.family, str(info["img_size"]), _fmt(info["params_m"], 2), _fmt(info["gmacs"], 2),
+        img = str(size) if isinstance(size, int) else "x".join(map(str, size))
+        rows.append((name, entry.family, img, _fmt(params / 1e6, 2), _fmt(flops and flops / 2e9, 2),
                      entry.weights or "-"))
     header = ("model", "family", "img", "params (M)", "GMACs", "default weights")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -221,35 +262,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def count_model(name: str) -> dict:
-    """Params (M) and GMACs (= FLOPs / 2) of a model at its default size, built on the meta device (no memory, no
-    arithmetic, so the largest variants cost what the smallest do). Unknown values are None."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def model_counts(name: str) -> tuple[int | tuple[int, int], int, int | None]:
+    """(default input size, parameters, FLOPs of one forward at batch 1) from the table generated by
+    scripts/model_counts.py; a model not in it (registered since, or by the user) is counted now."""
+    from ._counts import COUNTS
 
-    from . import create_model
-    from .train.engine import default_img_size
+    if name in COUNTS:
+        return COUNTS[name]
+    from .bench import count_model
 
-    size = default_img_size(name)
-    res: dict = {"img_size": size, "params_m": None, "gmacs": None}
-    try:
-        with torch.device("meta"):
-            model = create_model(name)
-    except Exception:  # noqa: BLE001 - init code that needs real data: build on the CPU, then move to meta
-        try:
-            model = create_model(name).to("meta")
-        except Exception as e:  # noqa: BLE001
-            logging.getLogger("bettervit").debug("%s: cannot build: %s", name, e)
-            return res
-    res["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-    try:
-        x = torch.empty(1, getattr(model.config, "in_chans", 3), size, size, device="meta")
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            model.eval()(x)
-        res["gmacs"] = fc.get_total_flops() / 2 / 1e9
-    except Exception as e:  # noqa: BLE001
-        logging.getLogger("bettervit").debug("%s: cannot count FLOPs on the meta device: %s", name, e)
-    return res
+    c = count_model(name)
+    return c["img_size"], c["params"], c["flops"]
 
 
 def _fmt(v: float | None, nd: int) -> str:
@@ -447,13 +470,49 @@ def _model_img_size(model) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    import torch
 
+    from .bench import run_benchmark
     from .factory import get_entry
 
-    get_entry(args.model)
-    run_benchmark(args.model, batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
-                  train=args.train)
+    get_entry(args.model)  # an unknown name is reported before anything is built
+    dev = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.json and Path(args.json).parent and not Path(args.json).parent.is_dir():
+        raise CliError(f"--json: directory not found: {Path(args.json).parent}")
+    run_benchmark(args.model, batch_size=args.batch_size or (128 if dev.type == "cuda" else 8),
+                  img_size=args.img_size, repeats=args.repeats, train=args.train, device=dev, amp=args.amp,
+                  compile=args.compile, compile_mode=args.compile_mode, impls=args.impls, warmup=args.warmup,
+                  peak_tflops=args.peak_tflops, use_timm=args.timm, json_path=args.json)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_model
+    from .factory import get_entry
+
+    get_entry(args.model)  # an unknown name is reported before anything is read
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"output directory not found: {out.parent}")
+    if args.format == "onnx":
+        from .export import require_onnx
+
+        try:
+            require_onnx()
+        except ImportError as e:
+            raise CliError(str(e)) from None
+    model, _ = _load_for_inference(args.model, args.checkpoint, None, args.img_size, "cpu")
+    try:
+        report = export_model(model, args.format, out, img_size=args.img_size, dynamic_batch=not args.static_batch,
+                              dynamic_hw=args.dynamic_hw, verify=args.verify, overwrite=args.overwrite)
+    except ExportError as e:
+        sys.stderr.write(f"bettervit export: failed: {' '.join(str(e).split())}\n")
+        return 1
+    print(report.summary())
     return 0
 
 
@@ -480,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     _setup_logging(args.quiet)
     commands = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-                "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench}
+                "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench,
+                "export": cmd_export}
     from .train.engine import Diverged
 
     try:

@@ -23,7 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resize_pos_embed
+from ..layers.pos_embed import resample_abs_pos_embed
+from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units
 from ..registry import register_model
 
 
@@ -224,9 +225,9 @@ class MaskedAutoencoderHiera(Hiera):
                 k = "encoder_norm." + k.removeprefix("norm.")
             out[k] = v
         if "pos_embed" in out:
-            out["pos_embed"] = resize_pos_embed(out["pos_embed"], self.config.tokens_side)
+            out["pos_embed"] = resample_abs_pos_embed(out["pos_embed"], self.config.token_grid)
         if "decoder_pos_embed" in out:
-            out["decoder_pos_embed"] = resize_pos_embed(out["decoder_pos_embed"], self.final_side)
+            out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], (self.final_side,) * 2)
         return out
 
 
