@@ -27,7 +27,7 @@ import torch
 from bettervit.cli import main as cli
 from bettervit.train.probe import digits_pixel_baselines
 
-MIM_STUDENT = "eva02_nano_patch14_56"
+MIM_STUDENT = "eva02_nano"
 
 
 def run_cli(argv: list[str], log) -> None:
