@@ -337,12 +337,11 @@ def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
             best = max((r for r in rows if "val_top1" in r), key=lambda r: r["val_top1"])
             print(f"best val top-1 {best['val_top1']:.2f}% (epoch {best['epoch']}), last {rows[-1]['val_top1']:.2f}%")
             if cfg.labels_per_class and cfg.data in (None, "", "digits"):
-                from .data import build_data
-                from .train.probe import pixel_baselines
+                from .train.probe import digits_pixel_baselines
 
-                few = build_data("digits", 8).with_labels_per_class(cfg.labels_per_class, cfg.seed)
-                base = pixel_baselines(few)
-                print(f"pixel baselines on the same {few.size('train')} train images: logistic regression "
+                base = digits_pixel_baselines(cfg.labels_per_class, cfg.seed)
+                n = cfg.labels_per_class * 10  # the digits have 10 classes
+                print(f"pixel baselines on the same {n} train images: logistic regression "
                       f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
         elif rows:
             print(f"train loss {rows[0]['train_loss']:.4f} (epoch 1) -> {rows[-1]['train_loss']:.4f} "
@@ -424,7 +423,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
           f"({r['n']} images, {data.name} val)")
     if args.knn is not None:
-        from .train.probe import extract_features, knn_top1, pixel_baselines
+        from .train.probe import digits_pixel_baselines, extract_features, knn_top1
 
         if args.labels_per_class:
             data = data.with_labels_per_class(args.labels_per_class, args.seed)
@@ -434,7 +433,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         acc = knn_top1(tf, ty, vf, vy, args.knn, num_classes=data.num_classes)
         print(f"k-NN top-1 {acc:.2f}%  (k={args.knn}, cosine, {len(ty)} train images)")
         if data.name == "digits":
-            base = pixel_baselines(data)
+            base = digits_pixel_baselines(args.labels_per_class, args.seed)
             print(f"pixel baselines on the same {len(ty)} train images: logistic regression "
                   f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
     return 0
