@@ -85,25 +85,46 @@ _NONNEG_FLOAT = _float_in(0.0, float("inf"))
 _UNIT = _float_in(0.0, 1.0)
 
 
+def _bool(s: str) -> bool:
+    if s.lower() in ("true", "1", "yes"):
+        return True
+    if s.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
 def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values."""
     S = argparse.SUPPRESS
-    p.add_argument("--model", required=True, help="registered model name (see `bettervit models`)")
+    p.add_argument("--model", default=None, help="registered model name (see `bettervit models`); required")
     p.add_argument("--data", default=None, help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/")
     p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=None, help="number of epochs (default 10)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="images per step per process (default 64)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="number of epochs (default: train 10, more for tiny training sets; see docs/training.md)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="images per step per process (default 64, smaller for tiny training sets)")
     p.add_argument("--output", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="initial weights: a file or hub id create_model(pretrained=...) accepts (incl. MAE/MIM encoders)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=_POS_FLOAT, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a named fine-tuning preset (papers' hyper-parameters; list: --recipe list)")
+    if not pretrain:
+        p.add_argument("--labels-per-class", type=_int_at_least(1), default=None, metavar="N",
+                       help="train on N labelled images per class (stratified subset fixed by --seed; val unchanged)")
+        p.add_argument("--linear-probe", action="store_true", default=None,
+                       help="freeze the encoder; train BatchNorm (no affine) + a linear classifier on pooled features")
+        p.add_argument("--eval-every", type=_int_at_least(1), default=None, metavar="N",
+                       help="evaluate every N epochs and at the last (default: about 20 evaluations per run)")
+    g = p.add_argument_group("optimisation (defaults depend on the task: docs/training.md)")
+    g.add_argument("--lr", type=_POS_FLOAT, default=None, help="peak learning rate")
     g.add_argument("--weight-decay", type=_NONNEG_FLOAT, default=None, help="AdamW weight decay (default 0.05)")
     g.add_argument("--layer-decay", type=_float_in(0, 1, lo_open=True), default=None,
-                   help="layer-wise LR decay, e.g. 0.75 for fine-tuning (default 1: off)")
-    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None, help="linear warmup length (default 1)")
+                   help="layer-wise LR decay (default 0.75 when fine-tuning from --init, else 1: off)")
+    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None, help="linear warmup length (default 5%%, >= 1)")
+    g.add_argument("--sched", choices=["cosine", "linear", "step", "constant"], default=None,
+                   help="learning-rate schedule after the warmup (default cosine)")
     g.add_argument("--clip-grad", type=_NONNEG_FLOAT, default=None, help="max gradient norm, 0 = off (default 1)")
     g.add_argument("--accum-steps", type=_int_at_least(1), default=None, help="gradient accumulation steps")
     g.add_argument("--ema-decay", type=_float_in(0, 0.99999), default=None, help="EMA of weights, e.g. 0.999 (0: off)")
@@ -112,11 +133,11 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations")
     g.add_argument("--drop-path", type=_UNIT, default=None, help="stochastic depth rate (default: the model's)")
     g.add_argument("--seed", type=int, default=None, help="seed for init, data order and augmentation (default 0)")
+    a = p.add_argument_group("augmentation (defaults depend on the data and the task; docs/training.md)")
+    a.add_argument("--crop-scale", type=_pair(float, "MIN,MAX"), default=None, help="random resized crop area")
+    a.add_argument("--hflip", type=_UNIT, default=None, help="horizontal flip probability")
     if not pretrain:
-        a = p.add_argument_group("augmentation (defaults depend on the data; digits: mild crop, no flip)")
         a.add_argument("--label-smoothing", type=_UNIT, default=None)
-        a.add_argument("--crop-scale", type=_pair(float, "MIN,MAX"), default=None, help="random resized crop area")
-        a.add_argument("--hflip", type=_UNIT, default=None, help="horizontal flip probability")
         a.add_argument("--randaugment", type=_pair(int, "N,M (ops, magnitude)"), default=None)
         a.add_argument("--no-randaugment", action="store_true", default=None)
         a.add_argument("--mixup", type=_UNIT, default=None, help="share of batches mixed with mixup")
@@ -146,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain", help="self-supervised pretraining: MAE (Hiera) or MIM (EVA-02)")
     s.add_argument("--method", choices=["mae", "mim"], required=True)
     _add_run_options(s, pretrain=True)
-    s.add_argument("--mask-ratio", type=_float_in(0, 1, lo_open=True), default=None, help="MAE mask ratio (0.6)")
+    s.add_argument("--mask-ratio", type=_float_in(0, 1, lo_open=True), default=None,
+                   help="share of masked units / patches (default: the model's)")
+    s.add_argument("--norm-pix-loss", type=_bool, default=None, metavar="true|false",
+                   help="MAE: regress per-patch normalised pixels (default: the model's)")
     s.add_argument("--teacher", default=None, help="MIM: teacher model name")
     s.add_argument("--teacher-checkpoint", default=None, help="MIM: teacher weights")
 
@@ -158,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_int_at_least(1), default=64)
     s.add_argument("--device", default="auto")
     s.add_argument("--workers", type=_int_at_least(0), default=2)
+    s.add_argument("--knn", type=_int_at_least(1), default=None, metavar="K",
+                   help="also k-NN top-1 on pooled features (cosine, K neighbours) from the train split")
+    s.add_argument("--labels-per-class", type=_int_at_least(1), default=None, metavar="N",
+                   help="k-NN / pixel baselines: use N labelled train images per class (as train does)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --labels-per-class subset (default 0)")
 
     s = sub.add_parser("predict", help="top-k classes of images")
     s.add_argument("--model", required=True)
@@ -260,6 +289,10 @@ def _run_config(args: argparse.Namespace, task: str):
                                                                                    "overwrite")}
     explicit["task"] = task
     base = RunConfig()
+    if getattr(args, "recipe", None) and not args.resume:
+        from .train.recipes import recipe_overrides
+
+        base = RunConfig.from_dict({**base.to_dict(), **recipe_overrides(args.recipe, args.model)})
     if args.resume:
         out = Path(args.output or f"runs/{args.model}")
         f = out / "config.yaml"
@@ -281,6 +314,15 @@ def _run_config(args: argparse.Namespace, task: str):
 def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
     from .train.engine import run
 
+    if getattr(args, "recipe", None) == "list":
+        from .train.recipes import list_recipes
+
+        for name, r in list_recipes().items():
+            print(f"{name:<22} {r.get('models', ''):<10} {r.get('description', '')}")
+        return 0
+    if not args.model:
+        raise CliError("the following arguments are required: --model")
+
     cfg = _run_config(args, task)
     out = run(cfg, resume=args.resume, overwrite=args.overwrite)
     if _is_main():
@@ -288,8 +330,16 @@ def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
 
         rows = read_metrics(out)
         if rows and "val_top1" in rows[-1]:
-            best = max(rows, key=lambda r: r["val_top1"])
+            best = max((r for r in rows if "val_top1" in r), key=lambda r: r["val_top1"])
             print(f"best val top-1 {best['val_top1']:.2f}% (epoch {best['epoch']}), last {rows[-1]['val_top1']:.2f}%")
+            if cfg.labels_per_class and cfg.data in (None, "", "digits"):
+                from .data import build_data
+                from .train.probe import pixel_baselines
+
+                few = build_data("digits", 8).with_labels_per_class(cfg.labels_per_class, cfg.seed)
+                base = pixel_baselines(few)
+                print(f"pixel baselines on the same {few.size('train')} train images: logistic regression "
+                      f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
         elif rows:
             print(f"train loss {rows[0]['train_loss']:.4f} (epoch 1) -> {rows[-1]['train_loss']:.4f} "
                   f"(epoch {rows[-1]['epoch']})")
@@ -328,17 +378,9 @@ def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: in
 
 
 def _device(name: str):
-    import torch
+    from .train.distributed import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CliError(f"--device: expected auto, cpu or cuda, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda requested but no CUDA device is available")
-    return dev
+    return resolve_device(name)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -364,6 +406,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         r = evaluate(model, data, aug, distributed.DistInfo(device=dev), args.batch_size, workers=args.workers)
     print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
           f"({r['n']} images, {data.name} val)")
+    if args.knn is not None:
+        from .train.probe import extract_features, knn_top1, pixel_baselines
+
+        if args.labels_per_class:
+            data = data.with_labels_per_class(args.labels_per_class, args.seed)
+        with torch.inference_mode():
+            tf, ty = extract_features(model, data, "train", aug.eval_batch, dev, args.batch_size, args.workers)
+            vf, vy = extract_features(model, data, "val", aug.eval_batch, dev, args.batch_size, args.workers)
+        acc = knn_top1(tf, ty, vf, vy, args.knn, num_classes=data.num_classes)
+        print(f"k-NN top-1 {acc:.2f}%  (k={args.knn}, cosine, {len(ty)} train images)")
+        if data.name == "digits":
+            base = pixel_baselines(data)
+            print(f"pixel baselines on the same {len(ty)} train images: logistic regression "
+                  f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
     return 0
 
 

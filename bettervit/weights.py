@@ -88,8 +88,8 @@ def unwrap(sd: object, where: str = "checkpoint") -> dict[str, Tensor]:
     for k, v in sd.items():
         if not isinstance(v, Tensor):
             continue
-        for pre in _PREFIXES:
-            k = k.removeprefix(pre)
+        while k.startswith(_PREFIXES):  # stacked wrappers, e.g. torch.compile over DDP: "_orig_mod.module."
+            k = next(k.removeprefix(pre) for pre in _PREFIXES if k.startswith(pre))
         out[k] = v
     return out
 

@@ -33,7 +33,8 @@ def main() -> None:
     for n, idx in [(5, None), (5, 2), (5, [0, 2, 4]), (12, [-1]), (12, 3), (4, [1, -1])]:
         t, m = feature_take_indices(n, idx)
         takes[json.dumps([n, idx])] = [list(t), m]
-    archs = ("maxvit_*_tf_*", "hiera_*_224", "eva02_*_patch14_224", "eva02_*_patch14_336", "eva02_*_patch14_448")
+    archs = ("maxvit_*_tf_*", "hiera_*_224", "eva02_*_patch14_224", "eva02_*_patch14_336", "eva02_*_patch14_448",
+             "sam2_hiera_*")
     pretrained = sorted({n for a in archs for n in timm.list_pretrained(a) if "clip" not in n})
     save_fixture(GOLDEN / "api" / "shared.safetensors", out, {}, cases=cases, takes=takes, pretrained=pretrained,
                  timm_version=timm.__version__)

@@ -84,7 +84,11 @@ def test_pretrain_mae_loss_falls_and_init(tmp_path):
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["train_loss"] < rows[0]["train_loss"]
     png = Image.open(out / "mae_epoch004.png")
-    assert png.size == (8 * 64, 3 * 64)  # 8 images; rows original | masked | reconstruction
+    # 8 images enlarged to 128 px, 2 px gaps; rows masked | reconstruction | original (the MAE paper's figure)
+    assert png.size == (8 * 128 + 7 * 2, 3 * 128 + 2 * 2)
+    final = np.asarray(Image.open(out / "reconstructions.png").convert("L"), dtype=np.float64)
+    rec, orig = final[130:258, :128], final[260:388, :128]  # first image: reconstruction and original
+    assert np.abs(rec - orig).mean() < 40  # visible units pasted, masked ones predicted in the image's own range
     # the encoder initialises a classifier
     ft = tmp_path / "ft"
     assert main(["train", "--model", "hiera_nano", "--data", str(data), "--epochs", "1", "--batch-size", "8",
@@ -136,6 +140,9 @@ BAD = [
     (["train", "--model", "hiera_nano", "--output", "{run}", "--resume", "--img-size", "64"], "cannot resume"),
     (["train", "--model", "maxvit_nano", "--output", "{run}", "--resume"], "cannot resume"),
     (["nonsense"], "invalid choice"),
+    (["train", "--model", "hiera_nano", "--labels-per-class", "0"], "labels-per-class"),
+    (["train", "--model", "hiera_nano", "--labels-per-class", "500"], "has only"),
+    (["eval", "--model", "hiera_nano", "--checkpoint", "{ckpt}", "--knn", "0"], "knn"),
 ]
 
 
@@ -193,3 +200,31 @@ def test_init_that_does_not_fit_is_bad_input(digits_run, tmp_path, capsys):
     assert rc == 2
     assert "does not fit" in _one_error_line(capsys.readouterr().err, "train")
     assert not (tmp_path / "x").exists()
+
+
+def test_few_labels_linear_probe_and_knn(digits_run, tmp_path, capsys):
+    """--labels-per-class keeps a stratified subset; --linear-probe leaves the encoder as it was and saves a plain
+    classifier whose eval top-1 equals the logged one; eval --knn prints k-NN and the pixel baselines."""
+    out = tmp_path / "probe"
+    capsys.readouterr()
+    assert main(["train", "--model", "hiera_nano", "--img-size", "32", "--init", str(digits_run / "best.pt"),
+                 "--labels-per-class", "3", "--linear-probe", "--epochs", "3", "--output", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "pixel baselines on the same 30 train images" in printed
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["train_images"] == 30 and cfg["data"]["val_images"] > 300
+    assert cfg["config"]["batch_size"] == 8 and cfg["config"]["weight_decay"] == 0.0  # small-data / probe defaults
+    enc, probe = load_checkpoint(digits_run / "best.pt")["model"], load_checkpoint(out / "last.pt")["model"]
+    assert set(probe) == set(enc)  # a plain hiera_nano classifier
+    assert all(torch.equal(enc[k], probe[k]) for k in enc if not k.startswith("head.fc."))  # encoder frozen
+    assert not torch.equal(enc["head.fc.weight"], probe["head.fc.weight"])
+    logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()][-1]["val_top1"]
+    capsys.readouterr()
+    assert main(["eval", "--model", "hiera_nano", "--checkpoint", str(out / "last.pt"), "--knn", "5",
+                 "--labels-per-class", "3", "--workers", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert float(lines[0].split()[1].rstrip("%")) == pytest.approx(logged, abs=0.006)  # BN folded (printed to 0.01)
+    assert lines[1].startswith("k-NN top-1") and "30 train images" in lines[1]
+    assert lines[2].startswith("pixel baselines")

@@ -108,3 +108,22 @@ def test_mixed_targets_match_mixed_pixels(kind):
     expected = (t * (torch.arange(8).float() * 30 / 255)).sum(-1)  # pixel mean implied by the target
     assert torch.allclose(xa.mean((1, 2, 3)), expected, atol=2e-3)
     assert (t.max(-1).values < 1).any()  # something was actually mixed
+
+
+def test_labels_per_class_is_stratified_seeded_and_nested(tmp_path):
+    d = build_data("digits", 8)
+    a, b, a2 = d.with_labels_per_class(5, seed=0), d.with_labels_per_class(5, seed=1), d.with_labels_per_class(5, 0)
+    ya = a.labels("train")
+    assert torch.equal(torch.bincount(ya, minlength=10), torch.full((10,), 5))
+    assert torch.equal(a.splits["train"][0], a2.splits["train"][0])  # fixed by the seed
+    assert not torch.equal(a.splits["train"][0], b.splits["train"][0])
+    assert a.splits["val"] is d.splits["val"]  # val unchanged
+    small, big = d.with_labels_per_class(2, 0).splits["train"][0], a.splits["train"][0]
+    assert all((big == img).flatten(1).all(1).any() for img in small)  # 2 per class are among the 5
+    with pytest.raises(ValueError, match="has only"):
+        d.with_labels_per_class(1000)
+    make_folder(tmp_path, n_per_class=4, junk=False)
+    f = build_data(str(tmp_path), 16).with_labels_per_class(3, 0)
+    assert f.size("train") == 6 and torch.equal(torch.bincount(f.labels("train")), torch.tensor([3, 3]))
+    x, y = next(f.batches("train", list(range(6)), 6))
+    assert x.shape[0] == 6 and torch.equal(y.sort().values, torch.tensor([0, 0, 0, 1, 1, 1]))

@@ -294,9 +294,9 @@ def test_bad_input_raises_value_error(shape, match):
 def test_bad_arguments_raise_value_error():
     model = bettervit.create_model("eva02_tiny_patch14_224", depth=2)
     x = torch.randn(1, 3, 28, 28)
-    with pytest.raises(ValueError, match="feature indices"):
+    with pytest.raises(ValueError, match="feature index"):
         model.forward_intermediates(x, indices=[5])
-    with pytest.raises(ValueError, match="last-n"):
+    with pytest.raises(ValueError, match="last-n feature count"):
         model.forward_intermediates(x, indices=3)
     with pytest.raises(ValueError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")

@@ -118,12 +118,12 @@ def test_pos_embed_resized_from_224_checkpoint(tmp_path):
     weights.load_into(model, sd)
     assert model.pos_embed.shape == (1, 64 * 64, 96)
     # a smooth grid survives a resize and back: the resize is a real interpolation, not a crop or a tile
-    from bettervit.models.hiera import resize_pos_embed
+    from bettervit.layers.pos_embed import resample_abs_pos_embed as resample
 
     ramp = torch.linspace(0, 1, 56).view(1, 56, 1, 1).expand(1, 56, 56, 4).reshape(1, 56 * 56, 4)
-    back = resize_pos_embed(resize_pos_embed(ramp, 64), 56)
+    back = resample(resample(ramp, (64, 64)), (56, 56))
     assert (back - ramp).abs().max() < 1e-2
-    assert torch.equal(resize_pos_embed(ramp, 56), ramp)
+    assert torch.equal(resample(ramp, (56, 56)), ramp)
     with torch.inference_mode():
         assert torch.isfinite(model(golden_input((1, 3, 256, 256)))).all()
 

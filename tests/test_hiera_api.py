@@ -148,7 +148,7 @@ def test_config_options_and_bad_indices():
     assert groups["stem"] and groups["blocks"][0][0] == r"^blocks\.(\d+)"
     x = torch.randn(1, 1, 64, 96)
     for bad in (5, 0, [4], [-5]):
-        with pytest.raises(ValueError, match="out of range|expected 1..4"):
+        with pytest.raises(ValueError, match="out of range|1..4"):
             model.forward_intermediates(x, indices=bad)
     with pytest.raises(ValueError, match="norm"):
         model.forward_intermediates(x, norm=True)
@@ -207,3 +207,20 @@ def test_non_multiple_of_32_is_refused_in_one_line():
     with pytest.raises(ValueError, match="multiples of 32") as e:
         model(torch.randn(1, 3, 64, 80))
     assert "\n" not in str(e.value)
+
+
+def test_features_only_at_run_time_sizes():
+    """A features_only model built at 64 px gives the stage maps of other sizes, equal to forward_intermediates."""
+    torch.manual_seed(0)
+    feats = bettervit.create_model("hiera_nano", features_only=True, out_indices=(1, 2, 3)).eval()
+    assert feats.feature_info.reduction() == [8, 16, 32]
+    plain = bettervit.create_model("hiera_nano").eval()
+    plain.load_state_dict(feats.model.state_dict(), strict=False)
+    for h, w in ((96, 64), (64, 160)):
+        x = torch.randn(2, 3, h, w)
+        with torch.inference_mode():
+            maps = feats(x)
+            ref = plain.forward_intermediates(x, indices=(1, 2, 3), intermediates_only=True)
+        assert [tuple(m.shape[-2:]) for m in maps] == [(h // r, w // r) for r in (8, 16, 32)]
+        for m, r in zip(maps, ref):
+            torch.testing.assert_close(m, r, atol=1e-5, rtol=1e-5)

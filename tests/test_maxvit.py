@@ -36,33 +36,6 @@ def test_golden_parity_with_timm(path):
     assert (logits - ref["logits"]).abs().max().item() <= 1e-4
 
 
-def test_train_mode_path_matches_fused_inference_path():
-    """Folded-BN / cached-bias inference equals the plain autograd path in eval mode."""
-    model = bettervit.create_model("maxvit_nano").eval()
-    for m in model.modules():  # non-trivial BN statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        fast = model(x)
-    slow = model(x)  # grad enabled -> no cache, no folding
-    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
-
-
-def test_cached_bias_follows_table_updates():
-    model = bettervit.create_model("maxvit_nano").eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)
-        for n, p in model.named_parameters():
-            if n.endswith("relative_position_bias_table") or n.endswith("norm1.running_var"):
-                p.add_(0.5)
-        after = model(x)
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, model(x).detach(), atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("size", list(PARAMS_M))
 def test_parameter_counts(size):
     with torch.device("meta"):
@@ -139,14 +112,6 @@ def test_other_num_classes_drops_head(tmp_path):
     torch.testing.assert_close(model.stem.conv1.weight, src.stem.conv1.weight)
 
 
-def test_compile_runs_smallest_variant():
-    model = bettervit.create_model("maxvit_nano").eval()
-    x = torch.randn(1, 3, 64, 64)
-    compiled = torch.compile(model, backend="eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
-
-
 def test_bad_input():
     model = bettervit.create_model("maxvit_nano")
     with pytest.raises(ValueError, match="3 input channels"):
@@ -171,19 +136,8 @@ def test_strict_loading_names_bad_keys(tmp_path):
         bettervit.create_model("maxvit_nano", pretrained=str(path))
 
 
-def test_inference_attention_reaches_fused_sdpa_kernel():
-    from torch.profiler import profile
-
-    model = bettervit.create_model("maxvit_nano").eval()
-    with torch.inference_mode(), profile() as prof:
-        model(torch.randn(1, 3, 64, 64))
-    names = {e.key for e in prof.key_averages()}
-    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
-    assert "aten::_scaled_dot_product_attention_math" not in names
-
-
 def test_training_after_inference_mode():
-    """Caches made under inference_mode must not leak inference tensors into autograd."""
+    """Nothing made under inference_mode (an inference tensor) may leak into autograd afterwards."""
     model = bettervit.create_model("maxvit_nano")
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
@@ -192,7 +146,7 @@ def test_training_after_inference_mode():
     assert model.stages[0].blocks[0].attn_block.attn.rel_pos.relative_position_bias_table.grad is not None
 
 
-def test_cpu_autocast_inference_uses_plain_path():
+def test_cpu_autocast_inference():
     model = bettervit.create_model("maxvit_nano").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -157,7 +157,7 @@ def test_group_matcher_and_bad_options():
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match="out of range"):
         model.forward_intermediates(x, indices=[5])
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="1..5"):
         model.forward_intermediates(x, indices=6)
     with pytest.raises(ValueError, match="NCHW"):
         model.forward_intermediates(x, output_fmt="NHWC")

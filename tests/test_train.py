@@ -170,3 +170,118 @@ def test_recipe_options_run(tmp_path):
     assert rc == 0
     row = json.loads((out / "metrics.jsonl").read_text())
     assert math.isfinite(row["train_loss"]) and 0 <= row["val_top1"] <= 100
+
+
+def test_linear_probe_folds_batchnorm_exactly():
+    from bettervit.train.probe import LinearProbe
+
+    enc = bettervit.create_model("hiera_nano", num_classes=4, img_size=32)
+    probe = LinearProbe(enc, 4)
+    probe.train()
+    assert not probe.encoder.training and all(not q.requires_grad for q in probe.encoder.parameters())
+    for _ in range(3):  # fill the running statistics
+        probe(torch.randn(8, 3, 32, 32))
+    with torch.no_grad():
+        probe.fc.weight.normal_()
+        probe.fc.bias.normal_()
+    probe.eval()
+    x = torch.randn(5, 3, 32, 32)
+    plain = bettervit.create_model("hiera_nano", num_classes=4, img_size=32)
+    plain.load_state_dict(probe.classifier_state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), probe(x), atol=1e-5)
+
+
+def test_knn_top1():
+    from bettervit.train.probe import knn_top1
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 5
+    ty = torch.arange(3).repeat_interleave(10)
+    tf = centers[ty] + torch.randn(30, 16, generator=g)
+    vy = torch.arange(3).repeat(4)
+    vf = centers[vy] + torch.randn(12, 16, generator=g)
+    assert knn_top1(tf, ty, vf, vy, k=5) == 100.0
+    # k=1 is the cosine nearest neighbour
+    nn1 = (torch.nn.functional.normalize(vf, dim=1) @ torch.nn.functional.normalize(tf, dim=1).T).argmax(1)
+    flipped = ty.clone()
+    flipped[nn1[0]] = (flipped[nn1[0]] + 1) % 3  # relabel the first query's neighbour: its vote must follow
+    assert knn_top1(tf, flipped, vf[:1], vy[:1], k=1) == 0.0
+    with pytest.raises(ValueError):
+        knn_top1(tf, ty, vf, vy, k=0)
+
+
+def test_resolve_defaults_follow_the_task_and_data_size():
+    from bettervit.train.config import RunConfig
+    from bettervit.train.engine import DEFAULTS, resolve_defaults
+
+    big = RunConfig(model="hiera_nano")
+    resolve_defaults(big, 1437)
+    assert (big.batch_size, big.epochs, big.layer_decay, big.weight_decay) == (64, 10, 1.0, 0.05)
+    few = RunConfig(model="hiera_nano", init="x.pt", labels_per_class=10)
+    resolve_defaults(few, 100)
+    assert few.batch_size == 16 and few.epochs * (100 // 16) >= DEFAULTS["min_train_steps"]
+    assert few.layer_decay == DEFAULTS["finetune_layer_decay"] and few.lr == DEFAULTS["finetune_lr"]
+    probe = RunConfig(model="hiera_nano", init="x.pt", linear_probe=True)
+    resolve_defaults(probe, 100)
+    assert probe.weight_decay == 0.0 and probe.layer_decay == 1.0 and probe.lr == DEFAULTS["probe_lr"]
+    mae = RunConfig(task="pretrain", method="mae", model="mae_hiera_nano")
+    resolve_defaults(mae, 1437)
+    assert mae.epochs == DEFAULTS["mae_epochs"] and mae.eval_every >= 1
+    given = RunConfig(model="hiera_nano", epochs=3, batch_size=5, lr=0.5, layer_decay=0.9)
+    resolve_defaults(given, 100)
+    assert (given.epochs, given.batch_size, given.lr, given.layer_decay) == (3, 5, 0.5, 0.9)  # never overridden
+
+
+def test_layer_decay_with_frozen_parameters_keeps_each_layer_scale():
+    m = bettervit.create_model("hiera_nano", num_classes=10, img_size=32)
+    ids, L = m.param_layer_ids(), m.num_layer_ids()
+    frozen = {n for n, q in m.named_parameters() if n.startswith(("patch_embed.", "pos_embed", "blocks.0.", "blocks.1."))}
+    for n, q in m.named_parameters():
+        q.requires_grad_(n not in frozen)
+    groups = param_groups(m, weight_decay=0.05, layer_decay=0.7)
+    names = {n for g in groups for n in g["names"]}
+    assert names == {n for n, _ in m.named_parameters()} - frozen  # frozen ones are not optimised
+    for g in groups:
+        for n in g["names"]:
+            assert math.isclose(g["lr_scale"], 0.7 ** (L - 1 - ids[n])), n  # not shifted by the freezing
+
+
+@pytest.mark.parametrize("sched", ["cosine", "linear", "step", "constant"])
+def test_every_schedule_keeps_the_layer_decay_ratios(sched):
+    from bettervit.train.optim import build_scheduler
+
+    m = bettervit.create_model("hiera_nano", num_classes=10, img_size=32)
+    m.blocks[0].requires_grad_(False)
+    opt = build_optimizer(m, lr=1e-3, weight_decay=0.05, layer_decay=0.6)
+    s = build_scheduler(sched, opt, total_steps=30, warmup_steps=4, min_lr_ratio=0.01)
+    seen = set()
+    for _ in range(30):
+        top = max(g["lr"] for g in opt.param_groups)
+        seen.add(round(top, 12))
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(top * g["lr_scale"], rel=1e-9)
+        opt.step()
+        s.step()
+    assert len(seen) > (1 if sched == "constant" else 3)  # warmup (and decay) really happened
+
+
+def test_recipes_cite_sources_and_apply(tmp_path):
+    import yaml
+
+    from bettervit.train.config import RunConfig
+    from bettervit.train.recipes import list_recipes, recipe_overrides
+
+    recipes = list_recipes()
+    assert {"hiera_mae_finetune", "eva02_mim_finetune", "maxvit_finetune"} <= set(recipes)
+    for name, r in recipes.items():
+        assert r["name"] == name and "et al." in r["source"] and r["published_batch"] > 0, name
+        RunConfig(**{k: v for k, v in recipe_overrides(name).items()}).validate()
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--recipe", "hiera_mae_finetune", "--epochs", "1", "--batch-size", "16",
+                 "--labels-per-class", "3", "--output", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert cfg["layer_decay"] == 0.65 and cfg["epochs"] == 1 and cfg["randaugment"] == [2, 27]  # given options win
+    assert cfg["lr"] == pytest.approx(2e-3 * 16 / 1024)  # the published rate scaled to this batch
+    assert main(["train", *FAST, "--recipe", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert main(["train", "--recipe", "list"]) == 0  # no --model needed to list them

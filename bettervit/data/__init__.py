@@ -6,6 +6,7 @@ into normalised float inputs there, batched (kornia).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,36 @@ class DataBundle:
                 yield x[idx], y[idx]
         else:
             yield from iterate_folder(s, indices, batch_size, workers)
+
+    def labels(self, split: str) -> Tensor:
+        """(N,) int64 labels of a split, without decoding any image."""
+        s = self.splits[split]
+        if isinstance(s, tuple):
+            return s[1]
+        return torch.tensor([label for _, label in s.samples], dtype=torch.long)
+
+    def with_labels_per_class(self, n: int, seed: int = 0) -> "DataBundle":
+        """A copy whose train split keeps ``n`` images of every class (val unchanged).
+
+        The subset is stratified and fixed by ``seed``: each class's images are permuted by a generator seeded with
+        ``seed`` and the first ``n`` kept, so the same ``n`` and seed give the same images on every machine, and a
+        larger ``n`` keeps every image of a smaller one.
+        """
+        if n < 1:
+            raise ValueError(f"--labels-per-class must be >= 1, got {n}")
+        y = self.labels("train")
+        g = torch.Generator().manual_seed(seed)
+        keep = []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(y == c).flatten()
+            if len(idx) < n:
+                raise ValueError(f"--labels-per-class {n}: class {self.class_names[c]!r} has only {len(idx)} "
+                                 f"training images")
+            keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+        keep = torch.cat(keep).sort().values  # (num_classes * n,) indices into the full train split
+        s = self.splits["train"]
+        sub = (s[0][keep], s[1][keep]) if isinstance(s, tuple) else s.subset(keep.tolist())
+        return dataclasses.replace(self, splits={**self.splits, "train": sub})
 
     def preprocess_info(self) -> dict:
         """Saved in checkpoints so ``predict`` prepares an image as training did."""

@@ -70,6 +70,13 @@ class ImageFolderSplit(torch.utils.data.Dataset):
         if self.skipped:
             log.warning("%s: skipped %d unreadable or non-image file(s)", split_dir, self.skipped)
 
+    def subset(self, indices: Sequence[int]) -> "ImageFolderSplit":
+        """A copy holding only the samples at ``indices`` (same classes, sizes and skip count)."""
+        out = object.__new__(ImageFolderSplit)
+        out.__dict__.update(self.__dict__)
+        out.samples = [self.samples[i] for i in indices]
+        return out
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -29,10 +29,12 @@ def resample_abs_pos_embed(
         if side * side != n:
             raise ValueError(f"position embedding with {n} grid tokens is not a square grid; pass old_size")
         old_size = (side, side)
-    old_size, new_size = tuple(int(s) for s in old_size), tuple(int(s) for s in new_size)
+    # new_size may be symbolic under torch.export (dynamic height / width): no int(), and no early-out on equality,
+    # which would specialise the exported graph to the example's size (resampling to the same size is an identity)
+    old_size, new_size = tuple(int(s) for s in old_size), tuple(new_size)
     if old_size[0] * old_size[1] != n:
         raise ValueError(f"position embedding has {n} grid tokens, not {old_size[0]}x{old_size[1]}")
-    if old_size == new_size:
+    if not torch.compiler.is_exporting() and old_size == new_size:
         return pos
     prefix, grid = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
     C = pos.shape[-1]

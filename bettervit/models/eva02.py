@@ -45,8 +45,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.drop import drop_path
+from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import register_model
-from .base import Backbone
+from .base import Backbone, feature_take_indices
 
 log = logging.getLogger(__name__)
 
@@ -274,22 +275,6 @@ class Block(nn.Module):
 
 
 # --- model -----------------------------------------------------------------------------------------------------------------
-def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
-    """timm's index meaning: None = all, int n = the last n, a sequence picks (negative from the end)."""
-    if indices is None:
-        indices = num_features
-    if isinstance(indices, int):
-        if not 0 < indices <= num_features:
-            raise ValueError(f"last-n indices: expected 1..{num_features}, got {indices}")
-        take = list(range(num_features - indices, num_features))
-    else:
-        take = [i + num_features if i < 0 else i for i in indices]
-        bad = [i for i, t in zip(indices, take) if not 0 <= t < num_features]
-        if bad or not take:
-            raise ValueError(f"feature indices: expected -{num_features}..{num_features - 1}, got {list(indices)}")
-    return take, max(take)
-
-
 class Eva02(Backbone):
     """EVA-02 image classifier / headless MIM trunk / ViTDet trunk, with timm's model API.
 
@@ -333,6 +318,7 @@ class Eva02(Backbone):
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._rope_cache: dict[tuple, Rope] = {}
         self._pos_cache: dict[tuple, tuple[int, Tensor]] = {}
+        self._register_rope_buffers()
         self.init_weights()
 
     @torch.no_grad()
@@ -353,45 +339,70 @@ class Eva02(Backbone):
             self.head.weight.mul_(0.001)
 
     # --- position embeddings for the actual grid ------------------------------------------------------------------
-    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype, num_prefix: int | None = None
-             ) -> Rope:
-        """RoPE tables (num_prefix + h*w, hd) for ``grid`` (float64 for float64 models, else float32), built once per
-        (grid, prefix, device, dtype); ``num_prefix`` defaults to the model's prefix tokens."""
-        num_prefix = self.num_prefix_tokens if num_prefix is None else num_prefix
+    def _build_rope(self, grid: tuple[int, int], num_prefix: int, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> Rope:
         c = self.config
-        build = lambda: rope_tables(grid, c.embed_dim // c.num_heads, num_prefix, c.rope_ref_grid, c.rope_theta)  # noqa
+        cos, sin = rope_tables(grid, c.embed_dim // c.num_heads, num_prefix, c.rope_ref_grid, c.rope_theta)
+        return cos.to(device, dtype), sin.to(device, dtype)
+
+    def _register_rope_buffers(self) -> None:
+        """RoPE tables for the built grid (and for one window) as non-persistent buffers, in float32 (float64 for a
+        float64 model) whatever the model is cast to: a compiled graph reads them as inputs instead of recomputing
+        sin/cos inside every kernel that rotates q and k, as it would for tables built in the traced code."""
+        ref = self.pos_embed
+        dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+        for name, t in zip(("rope_cos", "rope_sin"), self._build_rope(self.grid, self.num_prefix_tokens, ref.device,
+                                                                        dtype)):
+            self.register_buffer(name, t, persistent=False)
+        ws = self.config.window_size
+        if ws:
+            for name, t in zip(("rope_window_cos", "rope_window_sin"), self._build_rope((ws, ws), 0, ref.device, dtype)):
+                self.register_buffer(name, t, persistent=False)
+
+    def rope(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype, window: bool = False) -> Rope:
+        """RoPE tables (num_prefix + h*w, hd) for ``grid`` (float64 for float64 models, else float32), or for one
+        window (``window``, no prefix tokens): the buffers for the built grid, else built once per (grid, device,
+        dtype) and cached (traced: built in the graph)."""
+        if window:
+            return self.rope_window_cos, self.rope_window_sin
+        if not torch.compiler.is_exporting() and grid == self.grid:  # export: no specialisation on the grid
+            return self.rope_cos, self.rope_sin
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        if torch.compiler.is_compiling():  # traced into the graph (and constant-folded), no Python-side cache
-            return tuple(t.to(device, table_dtype) for t in build())
-        key = (grid, num_prefix, device, dtype)
+        if torch.compiler.is_compiling():
+            return self._build_rope(grid, self.num_prefix_tokens, device, table_dtype)
+        key = (grid, device, table_dtype)
         if key not in self._rope_cache:
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
-                self._rope_cache[key] = tuple(t.to(device, table_dtype) for t in build())
+                self._rope_cache[key] = self._build_rope(grid, self.num_prefix_tokens, device, table_dtype)
         return self._rope_cache[key]
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The absolute position embedding at ``grid``: stored grid as is, else bicubic-resized (cached w/o grad).
 
-        Under torch.export it is always resampled (an identity at the stored grid), so an export with a dynamic
-        height and width does not specialise on whether the grid equals the stored one.
+        Traced (torch.compile / torch.export) it is always resampled (an identity at the stored grid), so an export
+        with a dynamic height and width does not specialise on whether the grid equals the stored one.
         """
-        if torch.compiler.is_exporting():
-            return resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
+            return self.resize_pos_embed(self.pos_embed, grid, self.grid)
         if grid == self.grid:
             return self.pos_embed
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
-            return resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         hit = self._pos_cache.get(key)
         if hit is None or hit[0] != self.pos_embed._version:
-            hit = (self.pos_embed._version, resize_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens))
+            hit = (self.pos_embed._version, self.resize_pos_embed(self.pos_embed, grid, self.grid))
             self._pos_cache[key] = hit
         return hit[1]
+
+    def resize_pos_embed(self, pos: Tensor, new: tuple[int, int], old: tuple[int, int]) -> Tensor:
+        """Bicubic with antialias (timm's EVA at run time and on load), prefix entries kept."""
+        return resample_abs_pos_embed(pos, new, old, self.num_prefix_tokens, antialias=True)
 
     def _apply(self, fn, recurse=True):
         self._rope_cache.clear()  # tables follow the module's device / dtype
         self._pos_cache.clear()
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        self._register_rope_buffers()  # rebuilt rather than cast: they stay float32 in a half model
+        return self
 
     def feat_size(self, img: tuple[int, int]) -> tuple[int, int]:
         """The token grid (h, w) for an H x W input (rounded up with ``dynamic_img_pad``)."""
@@ -425,8 +436,7 @@ class Eva02(Backbone):
     def ropes(self, grid: tuple[int, int], x: Tensor) -> tuple[Rope, Rope]:
         """RoPE tables for global blocks (the whole grid) and for windowed blocks (one window, no prefix tokens)."""
         rope = self.rope(grid, x.device, x.dtype)
-        ws = self.config.window_size
-        return rope, self.rope((ws, ws), x.device, x.dtype, num_prefix=0) if ws else rope
+        return rope, self.rope(grid, x.device, x.dtype, window=True) if self.config.window_size else rope
 
     def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope, Rope], grid: tuple[int, int]) -> Tensor:
         rope = ropes[1] if blk.window_size else ropes[0]
@@ -556,16 +566,6 @@ class Eva02(Backbone):
         return convert_eva02_checkpoint(state_dict, self)
 
 
-def resize_pos_embed(pos: Tensor, new: tuple[int, int], old: tuple[int, int], num_prefix: int = 1) -> Tensor:
-    """(1, num_prefix + oh*ow, C) -> (1, num_prefix + nh*nw, C), bicubic with antialias (timm's rule)."""
-    prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
-    C = pos.shape[-1]
-    grid = grid.float().reshape(1, old[0], old[1], C).permute(0, 3, 1, 2)  # (1, C, oh, ow)
-    grid = F.interpolate(grid, size=new, mode="bicubic", antialias=True, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], C).to(pos.dtype)  # (1, nh*nw, C)
-    return torch.cat([prefix, grid], dim=1)
-
-
 def resample_patch_embed(weight: Tensor, new_size: tuple[int, int]) -> Tensor:
     """A patch-embedding kernel (O, I, ph, pw) for another patch size, by FlexiViT's pseudo-inverse resize (Beyer et
     al. 2023, as timm's ``resample_patch_embed``): with R the bicubic resize of a ph x pw patch to the new size, the
@@ -681,6 +681,6 @@ def convert_eva02_checkpoint(sd: dict[str, Tensor], model: Eva02) -> dict[str, T
         side = math.isqrt(n_old)
         if side * side != n_old or pos.shape[-1] != model.pos_embed.shape[-1]:
             raise ValueError(f"pos_embed {tuple(pos.shape)} is not a square grid of width {model.config.embed_dim}")
-        out["pos_embed"] = resize_pos_embed(pos, model.grid, (side, side), model.num_prefix_tokens)
+        out["pos_embed"] = model.resize_pos_embed(pos, model.grid, (side, side))
         log.info("resized pos_embed from %dx%d to %dx%d", side, side, *model.grid)
     return out

@@ -14,12 +14,15 @@ mask unit is a contiguous run of tokens, and inside it the four members of every
 quarter of the unit apart. Pooling is then ``view(..., 4, n/4, C).amax``, mask-unit attention is plain batched
 attention over (B * units, tokens-per-unit), and MAE can drop masked units by indexing whole runs.
 
+Any input whose sides are multiples of 32 (one mask unit) runs, square or not; the position embedding is resampled
+to the input's grid. The model API (forward_intermediates, feature_info, prune / reset) follows timm's Hiera.
+
 The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
 map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load.
+One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -31,7 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp
 from ..registry import register_model
-from .base import Backbone
+from ..layers.pos_embed import resample_abs_pos_embed
+from .base import Backbone, feature_take_indices
 
 
 @dataclass
@@ -330,22 +334,6 @@ class Head(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
-    """Which of ``num_features`` levels to return, as absolute indices, and the largest. None: all; int n: the last
-    n; a sequence: those (negative counts from the end)."""
-    if indices is None:
-        indices = num_features
-    if isinstance(indices, int):
-        if not 0 < indices <= num_features:
-            raise ValueError(f"indices={indices} asks for the last {indices} of {num_features} levels; expected 1..{num_features}")
-        take = list(range(num_features - indices, num_features))
-    else:
-        take = [num_features + i if i < 0 else i for i in indices]
-        if not take or not all(0 <= i < num_features for i in take):
-            raise ValueError(f"indices {list(indices)} out of range for {num_features} levels (-{num_features}..{num_features - 1})")
-    return take, max(take)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,12 +412,12 @@ class Hiera(Backbone):
             return self.pos_embed
         pos = self.pos_embed
         if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or _exporting():
-            return resample_pos_embed(pos, grid, base)
+            return resample_abs_pos_embed(pos, grid, base)
         key = (tuple(grid), pos.device, pos.dtype)
         stamp = (_version(pos), pos.data_ptr())
         hit = self._pos_cache.get(key)
         if hit is None or hit[0] != stamp:
-            hit = self._pos_cache[key] = (stamp, resample_pos_embed(pos.detach(), grid, base))
+            hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base))
         return hit[1]
 
     def _apply(self, fn, recurse=True):
@@ -710,24 +698,6 @@ def hiera_nano() -> HieraConfig:
 _MAE_ONLY = ("decoder_", "mask_token", "multi_scale_fusion_heads.")
 
 
-def resample_pos_embed(pos: Tensor, new: tuple[int, int], old: tuple[int, int]) -> Tensor:
-    """(1, oh*ow, C) raster position embedding -> (1, nh*nw, C): bicubic, no antialias (timm's
-    ``resample_abs_pos_embed`` with ``antialias=False``, no prefix tokens), computed in float32."""
-    C = pos.shape[-1]
-    grid = pos.float().reshape(1, old[0], old[1], C).permute(0, 3, 1, 2)  # (1, C, oh, ow)
-    grid = F.interpolate(grid, size=tuple(new), mode="bicubic", align_corners=False, antialias=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], C).to(pos.dtype)  # (1, nh*nw, C)
-
-
-def resize_pos_embed(pos: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """A checkpoint's square (1, n*n, C) position embedding -> the grid ``size`` (side or (h, w))."""
-    n = math.isqrt(pos.shape[1])
-    if n * n != pos.shape[1]:
-        raise ValueError(f"position embedding with {pos.shape[1]} tokens is not a square grid")
-    new = (size, size) if isinstance(size, int) else tuple(size)
-    return pos if new == (n, n) else resample_pos_embed(pos, new, (n, n))
-
-
 def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str, Tensor]:
     """timm or official Hiera / MAE-Hiera state dict -> this classifier's keys; position embedding resized."""
     is_mae = any(k.startswith(_MAE_ONLY) for k in state_dict)
@@ -742,7 +712,7 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
         elif k.startswith("encoder_norm.") and is_mae:
             k = "head.norm." + k.removeprefix("encoder_norm.")
         if k == "pos_embed":
-            v = resize_pos_embed(v, model.config.token_grid)
+            v = resample_abs_pos_embed(v, model.config.token_grid)  # from a square grid
         out[k] = v
     return out
 

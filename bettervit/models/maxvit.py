@@ -6,11 +6,15 @@ Both attend over w*w tokens, so a block costs O(HW) and two consecutive blocks c
 
 The file reads top to bottom: config -> MBConv -> attention -> MaxViT block -> model -> variants -> checkpoint key map.
 Tensors in the attention half are channels-last (B, H, W, C); the convolution half is NCHW in channels_last memory,
-so switching between the two is a free view.
+so switching between the two is a free view. Each module has one forward, the same for training and inference, on
+any device, under torch.compile and torch.export; CPU inference speed-ups (folded BatchNorm, fused oneDNN kernels,
+packed weights) are a separate pass, ``bettervit.optimize`` (bettervit/optimize/maxvit.py).
+
+Input sizes: any H x W multiple of 32, with the partition (window = grid) the model was built with; see
+``PartitionAttention`` for maps that the partition does not tile.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,9 +25,9 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, onednn
+from ..layers import DropPath, Mlp
 from ..registry import register_model
-from .base import Backbone
+from .base import Backbone, feature_take_indices
 
 
 @dataclass
@@ -74,31 +78,6 @@ def pad_same_s2(x: Tensor) -> Tensor:
     return F.pad(x, (0, 1, 0, 1))
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Eval-mode BatchNorm as y = x * scale + shift (per channel)."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
-
-
-class _VersionedCache:
-    """Caches a value computed from tensors until any of them changes (in-place updates bump ``_version``)."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value = None
-
-    def get(self, tensors: list[Tensor], compute):
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
-        if key != self.key:
-            self.value, self.key = compute(), key
-        return self.value
-
-
-def _use_cache(x: Tensor) -> bool:
-    """Cached inference-only shortcuts apply when no gradient is needed and we are not being traced."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # MBConv: BN pre-norm -> 1x1 expand -> depthwise 3x3 (stride 2 in a stage's first block) -> SE -> 1x1 project
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,83 +117,41 @@ class MBConv(nn.Module):
         self.se = SqueezeExcite(mid, int(cfg.se_ratio * dim_out))
         self.conv3_1x1 = nn.Conv2d(mid, dim_out, 1)
         self.drop_path = DropPath(drop_path)
-        self._fused = _VersionedCache()
-
-    def _depthwise(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if self.stride == 2:
-            x = pad_same_s2(x)
-        return F.conv2d(x, weight, bias, self.stride, self.conv2_kxk.padding, 1, self.conv2_kxk.groups)
-
-    def _fold_bn(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Inference weights with all three BatchNorms folded into the two convolutions.
-
-        pre_norm (x*s0 + t0) and norm1 (z*s1 + t1) wrap the 1x1 expand W1, giving s1*W1*s0 and s1*(W1 t0) + t1;
-        norm2 after the depthwise conv scales its kernels and becomes its bias.
-        """
-        s0, t0 = _bn_affine(self.pre_norm)
-        s1, t1 = _bn_affine(self.norm1)
-        s2, t2 = _bn_affine(self.norm2)
-        w1 = self.conv1_1x1.weight[:, :, 0, 0]  # (mid, dim)
-        w1f = (s1[:, None] * w1 * s0[None, :])[:, :, None, None].contiguous(memory_format=torch.channels_last)
-        b1f = s1 * (w1 @ t0) + t1
-        w2f = (self.conv2_kxk.weight * s2[:, None, None, None]).contiguous(memory_format=torch.channels_last)
-        return w1f, b1f, w2f, t2
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C', H/s, W/s)
         shortcut = self.shortcut(x)
-        if _use_cache(x) and not self.training:
-            w1, b1, w2, b2 = self._fused.get(list(self.parameters()) + list(self.buffers()), self._fold_bn)
-            if onednn.usable(x):  # each conv + GELU in one oneDNN kernel
-                x = onednn.conv_act(x, w1, b1, 0, 1, 1, "gelu", "tanh")
-                x = pad_same_s2(x) if self.stride == 2 else x
-                x = onednn.conv_act(x, w2, b2, self.conv2_kxk.padding[0], self.stride, w2.shape[0], "gelu", "tanh")
-            else:
-                x = gelu_tanh(F.conv2d(x, w1, b1))
-                x = gelu_tanh(self._depthwise(x, w2, b2))
-        else:
-            x = gelu_tanh(self.norm1(self.conv1_1x1(self.pre_norm(x))))
-            x = gelu_tanh(self.norm2(self._depthwise(x, self.conv2_kxk.weight, None)))
+        x = gelu_tanh(self.norm1(self.conv1_1x1(self.pre_norm(x))))  # (B, mid, H, W)
+        if self.stride == 2:
+            x = pad_same_s2(x)
+        x = gelu_tanh(self.norm2(self.conv2_kxk(x)))  # (B, mid, H/s, W/s)
         x = self.conv3_1x1(self.se(x))
         return self.drop_path(x) + shortcut
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Attention over w x w partitions with a TF-style relative position bias
+# Attention over ph x pw partitions with a TF-style relative position bias
 # ---------------------------------------------------------------------------------------------------------------
 class RelPosBias(nn.Module):
     """A learned bias per head and per 2-D offset: table[h, dy + ph - 1, dx + pw - 1], (dy, dx) = key - query.
 
-    The (heads, N, N) bias for the N = ph*pw tokens of a partition is a gather from the table through a fixed index
-    built once. In inference (no grad) the gathered bias itself is cached and rebuilt only when the table changes.
+    ``forward`` gathers the (heads, N, N) bias for the N = ph*pw tokens of a partition (row-major) from the table.
+    The offsets come from two aranges each call: a handful of tiny ops, no buffer to initialise (so meta-device
+    builds need nothing after ``to_empty``), and a constant that torch.compile / torch.export fold.
     """
 
     def __init__(self, heads: int, partition: tuple[int, int]) -> None:
         super().__init__()
         self.partition = ph, pw = partition
         self.relative_position_bias_table = nn.Parameter(torch.zeros(heads, 2 * ph - 1, 2 * pw - 1))
-        self._index: Tensor | None = None  # built lazily per device (not a buffer, so meta-device builds stay cheap)
-        self._cache = _VersionedCache()
-
-    @staticmethod
-    def _make_index(ph: int, pw: int) -> Tensor:
-        ys, xs = torch.meshgrid(torch.arange(ph), torch.arange(pw), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()  # token n sits at (ys[n], xs[n]), row-major in the partition
-        dy = ys[None, :] - ys[:, None] + ph - 1  # (N query, N key)
-        dx = xs[None, :] - xs[:, None] + pw - 1
-        return (dy * (2 * pw - 1) + dx).flatten()  # flat index into the (2ph-1) x (2pw-1) table
-
-    def _gather(self) -> Tensor:
-        t = self.relative_position_bias_table
-        if self._index is None or self._index.device != t.device:
-            with torch.inference_mode(False):  # a normal tensor, so training may reuse it after inference
-                self._index = self._make_index(*self.partition).to(t.device)
-        n = self.partition[0] * self.partition[1]
-        return t.flatten(1)[:, self._index].view(t.shape[0], n, n)  # (heads, N, N)
 
     def forward(self) -> Tensor:
-        if _use_cache(self.relative_position_bias_table):
-            return self._cache.get([self.relative_position_bias_table], self._gather)
-        return self._gather()
+        t = self.relative_position_bias_table
+        ph, pw = self.partition
+        ys, xs = torch.arange(ph, device=t.device), torch.arange(pw, device=t.device)
+        dy = ys[None, :] - ys[:, None] + ph - 1  # (query row, key row) -> table row
+        dx = xs[None, :] - xs[:, None] + pw - 1  # (query col, key col) -> table col
+        bias = t[:, dy[:, None, :, None], dx[None, :, None, :]]  # (heads, qy, qx, ky, kx)
+        return bias.reshape(t.shape[0], ph * pw, ph * pw)  # (heads, N query, N key)
 
 
 def pad_map(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
@@ -248,46 +185,58 @@ class PartitionAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.rel_pos = RelPosBias(self.heads, cfg.partition)
         self.proj = nn.Linear(dim, dim)
+        # nh, nw: windows per column / row; wh, ww: position inside a window (ph x pw)
         if grid:
             self.split = "b (wh nh) (ww nw) (three heads d) -> three (b nh nw) heads (wh ww) d"
-            self.merge = "(b nh nw) heads (wh ww) d -> b (wh nh) (ww nw) (heads d)"
+            self.merge = "b wh nh ww nw heads d"  # token order of the map: (wh nh) (ww nw)
             self.split_mask = "(wh nh) (ww nw) -> (nh nw) (wh ww)"
         else:
             self.split = "b (nh wh) (nw ww) (three heads d) -> three (b nh nw) heads (wh ww) d"
-            self.merge = "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)"
+            self.merge = "b nh wh nw ww heads d"  # token order of the map: (nh wh) (nw ww)
             self.split_mask = "(nh wh) (nw ww) -> (nh nw) (wh ww)"
 
-    def key_mask(self, h: int, w: int, hp: int, wp: int, device: torch.device) -> Tensor:
-        """(nW, 1, 1, N) additive mask: 0 for real keys, -inf for the padding of an (h, w) map padded to (hp, wp)."""
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        """The map size rounded up to whole partitions."""
         ph, pw = self.partition
-        real = (torch.arange(hp, device=device) < h)[:, None] & (torch.arange(wp, device=device) < w)[None, :]
-        real = rearrange(real, self.split_mask, wh=ph, ww=pw)  # (nW, N), windows in the order q/k/v use
-        zero = torch.zeros((), device=device)
-        return torch.where(real, zero, float("-inf"))[:, None, None, :]
+        return -(-h // ph) * ph, -(-w // pw) * pw
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:  # (B, H, W, C)
-        """Attention output; with ``residual`` (inference only) returns residual + output from one fused kernel."""
-        B, H, W, C = x.shape
+    def attn_bias(self, h: int, w: int) -> Tensor:
+        """The additive attention bias for an (h, w) map: (1, heads, N, N) where the partition tiles the map;
+        else (nW, heads, N, N), the relative position bias plus -inf at each window's padded keys."""
+        bias = self.rel_pos()[None]  # (1, heads, N, N)
+        hp, wp = self.padded_size(h, w)
+        if (hp, wp) == (h, w):
+            return bias
         ph, pw = self.partition
-        hp, wp = -(-H // ph) * ph, -(-W // pw) * pw  # padded to whole partitions
-        qkv = self.qkv(x)  # (B, H, W, 3C)
-        # A 4-D (1, heads, N, N) bias (not 3-D) lets SDPA pick its fused CPU kernel in inference (~4x faster there);
-        # in training (the bias needs a gradient) it falls back to its math path, still faster than with a 3-D bias.
-        bias = self.rel_pos().to(qkv.dtype)[None]
+        dev = bias.device
+        real = (torch.arange(hp, device=dev) < h)[:, None] & (torch.arange(wp, device=dev) < w)[None, :]  # (hp, wp)
+        real = rearrange(real, self.split_mask, wh=ph, ww=pw)  # (nW, N), windows in the order q/k/v use
+        mask = torch.zeros(real.shape, device=dev, dtype=bias.dtype).masked_fill(~real, float("-inf"))
+        return bias + mask[:, None, None, :]  # (nW, heads, N, N)
+
+    def attend(self, qkv: Tensor, bias: Tensor) -> Tensor:
+        """(B, H, W, 3C) projected map -> (B, H, W, C) attention output (before the output projection)."""
+        B, H, W, _ = qkv.shape
+        ph, pw = self.partition
+        hp, wp = self.padded_size(H, W)
         padded = (hp, wp) != (H, W)
         if padded:
             qkv = pad_map(qkv, hp - H, wp - W)  # (B, hp, wp, 3C)
-            bias = bias + self.key_mask(H, W, hp, wp, x.device).to(bias.dtype)  # (nW, heads, N, N)
         q, k, v = rearrange(qkv, self.split, three=3, heads=self.heads, wh=ph, ww=pw)  # (B*nW, heads, N, hd)
         if padded:  # the mask differs per window: (B, nW, heads, N, hd) against the (nW, heads, N, N) bias
             q, k, v = (t.unflatten(0, (B, -1)) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        o = rearrange(o.flatten(0, 1) if padded else o, self.merge, b=B, nh=hp // ph, nw=wp // pw, wh=ph, ww=pw)
-        if padded:
-            o = o[:, :H, :W]  # (B, H, W, C): the real tokens
-        if residual is not None:
-            return onednn.linear_add(o.contiguous(), residual, self.proj.weight, self.proj.bias)
-        return self.proj(o)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        # Back to the map: split the window and token axes, permute (both views), then one explicit copy. The copy
+        # is what a reshape would do anyway; written out, the graph does not depend on the strides SDPA's output
+        # happens to have (they differ between its fused kernels and its decomposition, e.g. in ONNX export).
+        batch = "b (nh nw)" if padded else "(b nh nw)"
+        o = rearrange(o, f"{batch} heads (wh ww) d -> {self.merge}", b=B, nh=hp // ph, wh=ph, ww=pw)
+        o = o.clone(memory_format=torch.contiguous_format).view(B, hp, wp, -1)  # (B, hp, wp, C)
+        return o[:, :H, :W] if padded else o
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        # The bias is 4-D, (1, heads, N, N) rather than (heads, N, N): that lets SDPA take its fused kernels.
+        return self.proj(self.attend(self.qkv(x), self.attn_bias(x.shape[1], x.shape[2])))
 
 
 class TransformerLayer(nn.Module):
@@ -302,15 +251,13 @@ class TransformerLayer(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        if onednn.usable(x) and not self.training:  # inference: fuse GELU into fc1 and the residual adds
-            x = self.attn(self.norm1(x), residual=x)
-            h = onednn.linear(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, "gelu", "tanh")
-            return onednn.linear_add(h, x, self.mlp.fc2.weight, self.mlp.fc2.bias)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class MaxViTBlock(nn.Module):
+    """MBConv -> block attention -> grid attention, at one resolution (the MBConv may downsample first)."""
+
     def __init__(self, dim: int, dim_out: int, stride: int, cfg: MaxViTConfig, drop_path: float) -> None:
         super().__init__()
         self.conv = MBConv(dim, dim_out, stride, cfg, drop_path)
@@ -412,25 +359,6 @@ class Head(nn.Module):
 def _check_pool(pool: str) -> None:
     if pool not in _POOLS:
         raise ValueError(f"global_pool must be one of {', '.join(repr(p) for p in _POOLS)}, got {pool!r}")
-
-
-def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
-    """Absolute feature indices to take and the largest: None = all, int n = the last n, a sequence = those
-    (negative counts from the end). One-line ValueError when out of range."""
-    if indices is None:
-        indices = num_features
-    if isinstance(indices, int):
-        if not 0 < indices <= num_features:
-            raise ValueError(f"last-n ({indices}) is out of range (1 to {num_features})")
-        take = list(range(num_features - indices, num_features))
-    else:
-        take = []
-        for i in indices:
-            idx = num_features + i if i < 0 else i
-            if not 0 <= idx < num_features:
-                raise ValueError(f"feature index {idx} is out of range (0 to {num_features - 1})")
-            take.append(idx)
-    return take, max(take)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -53,16 +53,29 @@ class FastAttention(nn.Module):
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.fused = attn.fused
         if attn.fused:
             weight = attn.qkv.weight
             bias = torch.cat([attn.q_bias, attn.k_bias, attn.v_bias])
         else:  # one matmul for the three projections
             weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
             bias = torch.cat([attn.q_proj.bias, torch.zeros_like(attn.q_proj.bias), attn.v_proj.bias])
-        qkv = nn.Linear(weight.shape[1], weight.shape[0])
-        qkv.weight, qkv.bias = nn.Parameter(weight.detach()), nn.Parameter(bias.detach())
-        self.qkv = PackedLinear.from_linear(qkv)
+        self.qkv = PackedLinear(weight, bias)
         self.proj = PackedLinear.from_linear(attn.proj)
+        self.register_state_dict_post_hook(self._plain_keys)
+
+    @staticmethod
+    def _plain_keys(module: "FastAttention", sd: dict, prefix: str, local_metadata) -> None:  # noqa: ANN001
+        """state_dict post-hook: the plain ``Attention``'s keys, so the optimized model's state loads into a plain one."""
+        w, b = sd.pop(prefix + "qkv.weight"), sd.pop(prefix + "qkv.bias")
+        C = w.shape[0] // 3
+        if module.fused:
+            sd.update({prefix + "qkv.weight": w, prefix + "q_bias": b[:C], prefix + "v_bias": b[2 * C:]})
+        else:
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                sd[prefix + f"{name}.weight"] = w[i * C:(i + 1) * C]
+                if name != "k_proj":
+                    sd[prefix + f"{name}.bias"] = b[i * C:(i + 1) * C]
 
     def forward(self, x: Tensor, rope: Rope, residual: Tensor) -> Tensor:
         B, N, C = x.shape
@@ -81,6 +94,7 @@ class FastSwiGLU(nn.Module):
 
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
+        self.packed = mlp.packed
         if mlp.packed:
             h = mlp.fc1.out_features // 2
             self.gate = PackedLinear.from_linear(mlp.fc1, rows=(0, h))
@@ -91,6 +105,18 @@ class FastSwiGLU(nn.Module):
             self.value = PackedLinear.from_linear(mlp.fc1_x)
             self.norm = mlp.norm
         self.fc2 = PackedLinear.from_linear(mlp.fc2)
+        self.register_state_dict_post_hook(self._plain_keys)
+
+    @staticmethod
+    def _plain_keys(module: "FastSwiGLU", sd: dict, prefix: str, local_metadata) -> None:  # noqa: ANN001
+        """state_dict post-hook: the plain ``SwiGLU``'s keys (``fc1`` = [gate; value] rows for Tiny/Small)."""
+        gate = {k: sd.pop(prefix + f"gate.{k}") for k in ("weight", "bias")}
+        value = {k: sd.pop(prefix + f"value.{k}") for k in ("weight", "bias")}
+        for k in ("weight", "bias"):
+            if module.packed:
+                sd[prefix + f"fc1.{k}"] = torch.cat([gate[k], value[k]])
+            else:
+                sd[prefix + f"fc1_g.{k}"], sd[prefix + f"fc1_x.{k}"] = gate[k], value[k]
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         hidden = self.value.mul(x, self.gate.act(x, "swish"))  # (x W_x + b_x) * silu(x W_g + b_g)
@@ -120,9 +146,8 @@ class FastBlock(nn.Module):
 
 @register_pass(Eva02)
 def optimize_eva02(model: Eva02) -> Eva02:
-    """Replace every block by a ``FastBlock`` (in place; ``bettervit.optimize`` hands in a copy)."""
-    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # a build without oneDNN: the plain model
-        return model
+    """Replace every block by a ``FastBlock`` (in place; ``bettervit.optimize`` hands in a copy, or the model itself
+    with ``inplace=True``, and runs this only where oneDNN is available)."""
     for i, blk in enumerate(model.blocks):
         model.blocks[i] = FastBlock(blk)
     return model

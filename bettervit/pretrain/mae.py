@@ -23,7 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resize_pos_embed
+from ..layers.pos_embed import resample_abs_pos_embed
+from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units
 from ..registry import register_model
 
 
@@ -210,36 +211,84 @@ class MaskedAutoencoderHiera(Hiera):
         return self.num_layer_ids() - 1  # fusion heads, encoder norm and the decoder
 
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Official MAE-Hiera keys are ours; position embeddings are resized to this img_size."""
-        out = dict(state_dict)
+        """Official MAE-Hiera keys are ours. Encoder-only files map onto the encoder: timm's ``hiera_*_224.mae``
+        (and any timm / bettervit Hiera classifier) keeps the MAE encoder norm at ``head.norm.``, an official
+        hiera-transformer classifier at ``norm.``; classifiers (``head.fc.`` / ``head.projection.``) are dropped.
+        Position embeddings are resized to this img_size."""
+        out = {}
+        for k, v in state_dict.items():
+            if k.startswith(("head.fc.", "head.projection.")):
+                continue
+            if k.startswith("head.norm."):
+                k = "encoder_norm." + k.removeprefix("head.norm.")
+            elif k.startswith("norm."):
+                k = "encoder_norm." + k.removeprefix("norm.")
+            out[k] = v
         if "pos_embed" in out:
-            out["pos_embed"] = resize_pos_embed(out["pos_embed"], self.config.tokens_side)
+            out["pos_embed"] = resample_abs_pos_embed(out["pos_embed"], self.config.token_grid)
         if "decoder_pos_embed" in out:
-            out["decoder_pos_embed"] = resize_pos_embed(out["decoder_pos_embed"], self.final_side)
+            out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], (self.final_side,) * 2)
         return out
+
+
+#: MAE-only parts: an encoder-only checkpoint leaves them at their fresh initialisation
+MAE_ONLY_PREFIXES = ("decoder_", "mask_token", "multi_scale_fusion_heads.")
+
+
+def load_mae_init(model: MaskedAutoencoderHiera, state_dict: dict[str, Tensor], source: str = "checkpoint") -> list[str]:
+    """Continue MAE pretraining from ``state_dict``; returns the parameter names that start fresh.
+
+    A full MAE checkpoint (official ``mae_hiera_*_224.pth`` -- ``{"model_state": ...}`` --, or a bettervit MAE run)
+    must fit exactly, decoder included. An encoder-only one (timm's ``hiera_*_224.mae``, a Hiera classifier) loads
+    into the encoder; the fusion heads and decoder keep their initialisation (and the encoder norm too, if the file
+    has none). Anything else that is missing, unexpected or misshapen is a ValueError naming it.
+    """
+    from .. import weights
+
+    sd = model.convert_checkpoint(dict(state_dict))
+    if any(k.startswith(MAE_ONLY_PREFIXES) for k in sd):
+        weights.load_into(model, state_dict, source=source)
+        return []
+    own = model.state_dict()
+    fresh = sorted(k for k in own if k not in sd and (k.startswith(MAE_ONLY_PREFIXES) or k.startswith("encoder_norm.")))
+    missing = sorted(k for k in own if k not in sd and k not in fresh)
+    unexpected = sorted(k for k in sd if k not in own)
+    bad = sorted(k for k in sd if k in own and sd[k].shape != own[k].shape)
+    if missing or unexpected or bad:
+        parts = [f"{what} {len(ks)} key(s): {', '.join(ks[:5])}" for what, ks in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch of", bad)) if ks]
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)
+    return fresh
 
 
 @torch.no_grad()
 def reconstruct_images(model: MaskedAutoencoderHiera, x: Tensor, out: MAEOutput) -> Tensor:
-    """Images for viewing: visible patches from ``x``, masked ones from the predictions. (B, C, H, W).
+    """The MAE paper's reconstruction: visible patches pasted from ``x``, masked ones from the predictions. (B, C, H, W)
+    in the units of ``x``.
 
-    Predictions live in per-patch normalised space. Each masked patch is mapped back to pixels with the mean of the
-    per-patch means and the mean of the per-patch standard deviations of the *visible* patches of the same image,
-    so the picture uses no information from the masked pixels.
+    With ``norm_pix_loss`` the predictions are per-patch normalised pixels; each predicted patch is mapped back with
+    the mean and (unbiased) variance of the *original* patch at its place, as the MAE paper's figures and its
+    visualisation code do -- so the brightness and contrast of a masked patch come from the input, its structure
+    from the model.
     """
     target = model.patchify(x)  # raw pixels (B, L, C*p*p)
     B, L, _ = target.shape
     m, u = model.config.units_side, model.final_unit
-    visible = out.mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, L, 1)
+    visible = out.mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, L, 1)  # (B, L, 1) patch-level
     pred = out.pred.float()
     if model.config.norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
+        mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1) per original patch
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        n_vis = visible.sum(dim=1, keepdim=True).clamp_min(1)
-        vis_mean = (mean * visible).sum(dim=1, keepdim=True) / n_vis  # (B, 1, 1)
-        vis_std = (std * visible).sum(dim=1, keepdim=True) / n_vis
-        pred = pred * vis_std + vis_mean
+        pred = pred * std + mean
     return model.unpatchify(torch.where(visible, target, pred.to(target.dtype)))
+
+
+def patch_visibility(model: MaskedAutoencoderHiera, mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, units) bool mask (True = visible) -> (B, 1, H, W) float, 1 on visible pixels."""
+    m = model.config.units_side
+    v = mask.view(-1, 1, m, m).float()  # (B, 1, m, m)
+    return torch.nn.functional.interpolate(v, size=size, mode="nearest")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,7 +312,11 @@ for _size in SIZES:
 
 @register_model(MaskedAutoencoderHiera, family="hiera")
 def mae_hiera_nano() -> MAEHieraConfig:
-    """MAE with the hiera_nano encoder and a 64-d, 2-block, 2-head decoder at 64 px, for demos and tests."""
+    """MAE with the hiera_nano encoder and a 64-d, 2-block, 2-head decoder at 64 px, for demos and tests.
+
+    At 64 px the image holds only 2x2 mask units (of 32 px); masking half of them (2 visible) gave better features
+    on the digits than 0.6 (which leaves 1 visible unit): benchmarks/README.md, few-label table."""
     return MAEHieraConfig(
-        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2
+        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2,
+        mask_ratio=0.5,
     )

@@ -28,6 +28,16 @@ from .masking import batch_block_mask
 log = logging.getLogger(__name__)
 
 
+def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size a bettervit model accepts, or None if it takes any (EVA-02, MaxViT at multiples)."""
+    from ..models.hiera import Hiera
+
+    if isinstance(model, Hiera):
+        s = model.config.img_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+    return None
+
+
 class MIMOutput(NamedTuple):
     loss: Tensor  # scalar, -mean cosine similarity over masked patches (in [-1, 1], lower is better)
     pred: Tensor  # (M, D_t) student predictions at the M masked patches of the batch
@@ -43,8 +53,11 @@ def teacher_patch_features(teacher: nn.Module, x: Tensor, num_prefix_tokens: int
     ``num_prefix_tokens`` (default: whatever is left over beyond the largest grid with the image's aspect ratio) are
     dropped.
     """
-    if hasattr(teacher, "forward_features") and hasattr(teacher, "num_prefix_tokens"):
-        out, npt = teacher.forward_features(x), teacher.num_prefix_tokens
+    size = _fixed_input_size(teacher)
+    if size is not None and tuple(x.shape[-2:]) != size:  # e.g. a Hiera teacher: only its own size runs
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if hasattr(teacher, "forward_features") and hasattr(teacher, "config"):  # a bettervit model
+        out, npt = teacher.forward_features(x), getattr(teacher, "num_prefix_tokens", 0)
     else:
         out, npt = teacher(x), num_prefix_tokens
     if isinstance(out, (tuple, list)):
@@ -128,6 +141,21 @@ class MIM(nn.Module):
         return MIMOutput(loss, pred, target, mask)
 
 
+def _teacher_by_name(name: str, checkpoint: str | None, img_size: int | None) -> nn.Module:
+    """A headless bettervit teacher at the student's size if it runs there, else at its own (e.g. Hiera, whose
+    input is resized to its size in ``teacher_patch_features``). MAE / MIM checkpoints load into the plain encoder."""
+    from .. import create_model
+    from ..factory import get_entry
+
+    cfg = get_entry(name).config()
+    own = getattr(cfg, "img_size", None)
+    multiple = getattr(cfg, "patch_stride", 1) * getattr(cfg, "mask_unit_size", 1)
+    if img_size is not None and own is not None and hasattr(cfg, "mask_unit_size") and img_size % multiple:
+        img_size = None  # Hiera cannot run at the student's size: keep its own
+    return create_model(name, pretrained=checkpoint or False, num_classes=0,
+                        **({"img_size": img_size} if img_size else {}))
+
+
 def build_mim(
     student: str,
     teacher: str | nn.Module,
@@ -153,11 +181,11 @@ def build_mim(
     if isinstance(teacher, str):
         if teacher_checkpoint is None:
             log.warning("MIM teacher %s has no checkpoint: it is randomly initialised", teacher)
-        teacher = create_model(teacher, pretrained=teacher_checkpoint or False, num_classes=0, img_size=img_size)
+        teacher = _teacher_by_name(teacher, teacher_checkpoint, img_size)
     elif teacher_checkpoint is not None:
         raise ValueError("teacher_checkpoint is only used with a teacher given by name")
     if teacher_dim is None:
-        teacher_dim = getattr(getattr(teacher, "config", None), "embed_dim", None)
+        teacher_dim = getattr(teacher, "num_features", None) or getattr(getattr(teacher, "config", None), "embed_dim", None)
     if teacher_dim is None:  # one dry run at the student's size
         size = net.config.img_size
         x = torch.zeros(1, net.config.in_chans, size, size, device=next(teacher.parameters()).device)
@@ -166,3 +194,20 @@ def build_mim(
             feats = fn(teacher, x) if fn else teacher_patch_features(teacher, x, mim_kw.get("teacher_prefix_tokens"))
         teacher_dim = feats.shape[1]
     return MIM(net, teacher, teacher_dim, **mim_kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A demo-sized EVA-02 for MIM on small images (not a released model): the few-label digits benchmark
+# (benchmarks/bench_fewlabel.py) pretrains it on 56 px images, a 4x4 grid of 14 px patches, on two CPU cores.
+# ---------------------------------------------------------------------------------------------------------------
+def _register_demo_variant() -> None:
+    from ..models.eva02 import Eva02, Eva02Config
+    from ..registry import register_model
+
+    @register_model(Eva02, family="eva02")
+    def eva02_nano_patch14_56() -> Eva02Config:
+        """EVA-02 at 56 px: width 128, 6 blocks, 4 heads; RoPE on the 4x4 grid. For demos and tests."""
+        return Eva02Config(img_size=56, embed_dim=128, depth=6, num_heads=4, rope_ref_grid=4)
+
+
+_register_demo_variant()

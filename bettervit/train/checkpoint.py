@@ -31,10 +31,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def clean_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A module's state dict as a checkpoint stores it: wrapper prefixes removed (``bettervit.weights.unwrap``),
+    FSDP2 DTensors gathered to whole tensors, everything detached on the CPU."""
+    from ..weights import unwrap
+
     out = {}
-    for k, v in sd.items():
-        for pre in ("module.", "_orig_mod."):
-            k = k.replace(pre, "")
+    for k, v in unwrap(sd, "state dict").items():
         if hasattr(v, "full_tensor"):  # FSDP2 DTensor -> the whole tensor
             v = v.full_tensor()
         out[k] = v.detach().cpu().clone()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from . import distributed, rundir
 from .checkpoint import atomic_save, clean_state_dict, load_checkpoint, rng_state, set_rng_state, unwrap_model
 from .config import RunConfig
 from .ema import ModelEma
-from .optim import build_optimizer, cosine_with_warmup
+from .optim import build_optimizer, build_scheduler
+from .probe import LinearProbe
 
 log = logging.getLogger("bettervit.train")
 
@@ -62,9 +64,20 @@ def build_pretrain_model(cfg: RunConfig, img_size: int) -> nn.Module:
     if cfg.method == "mae":
         from ..pretrain.mae import MaskedAutoencoderHiera
 
-        model = create_model(cfg.model, pretrained=cfg.init or False, img_size=img_size, **overrides)
+        for name in ("mask_ratio", "norm_pix_loss"):
+            if getattr(cfg, name) is not None:
+                overrides[name] = getattr(cfg, name)
+        model = create_model(cfg.model, img_size=img_size, **overrides)
         if not isinstance(model, MaskedAutoencoderHiera):
             raise ValueError(f"--method mae needs an MAE model (e.g. mae_hiera_nano), got {cfg.model}")
+        if cfg.init:
+            from .. import weights
+            from ..pretrain.mae import load_mae_init
+
+            fresh = load_mae_init(model, weights.load_state_dict(weights.resolve(cfg.init)), source=cfg.init)
+            if fresh:
+                log.info("%s holds the encoder only: %d MAE tensors (fusion heads, decoder%s) start fresh", cfg.init,
+                         len(fresh), ", encoder norm" if any(k.startswith("encoder_norm.") for k in fresh) else "")
         return model
     from ..pretrain.mim import build_mim
 
@@ -157,6 +170,59 @@ class Prepared:
     overwrite: bool
 
 
+def resolve_defaults(cfg: RunConfig, n_train: int) -> None:
+    """Fill every option left at None with a default that suits the task and the size of the training set.
+
+    Tiny training sets (few labels) get small batches and more epochs, so a run still makes a few hundred optimizer
+    steps; fine-tuning from pretrained weights (``--init``) gets layer-wise LR decay; a linear probe a larger rate
+    and no weight decay. The values are documented in docs/training.md.
+    """
+    pretrain, mae = cfg.task == "pretrain", cfg.method == "mae"
+    if cfg.batch_size is None:
+        small = n_train < DEFAULTS["small_data"]
+        cfg.batch_size = max(8, min(64, 2 ** int(math.log2(max(1, n_train // 6))))) if small else 64
+    steps_per_epoch = max(1, n_train // cfg.batch_size)
+    if cfg.epochs is None:
+        if pretrain:
+            cfg.epochs = DEFAULTS["mae_epochs"] if mae else DEFAULTS["mim_epochs"]
+        else:
+            small = n_train < DEFAULTS["small_data"]
+            cfg.epochs = max(10, math.ceil(DEFAULTS["min_train_steps"] / steps_per_epoch)) if small else 10
+    if cfg.lr is None and cfg.recipe_lr is not None:  # a recipe's rate, published for recipe_batch images per step
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.lr = cfg.recipe_lr * cfg.batch_size * cfg.accum_steps * world / (cfg.recipe_batch or 256)
+    if cfg.lr is None:
+        if pretrain:
+            cfg.lr = DEFAULTS["mae_lr"] if mae else DEFAULTS["mim_lr"]
+        elif cfg.linear_probe:
+            cfg.lr = DEFAULTS["probe_lr"]
+        else:
+            cfg.lr = DEFAULTS["finetune_lr"] if cfg.init else DEFAULTS["scratch_lr"]
+    if cfg.weight_decay is None:
+        cfg.weight_decay = 0.0 if cfg.linear_probe else 0.05
+    if cfg.layer_decay is None:
+        cfg.layer_decay = DEFAULTS["finetune_layer_decay"] if cfg.init and not pretrain and not cfg.linear_probe else 1.0
+    if cfg.warmup_epochs is None:
+        cfg.warmup_epochs = max(1.0, round(0.05 * cfg.epochs, 2))
+    if cfg.eval_every is None:
+        cfg.eval_every = max(1, cfg.epochs // 20)
+
+
+#: The defaults ``resolve_defaults`` hands out (chosen on the digits few-label benchmark, benchmarks/README.md).
+DEFAULTS = {
+    "small_data": 1000,  # fewer training images than this: small batches, at least min_train_steps steps
+    "min_train_steps": 600,
+    "scratch_lr": 1e-3,
+    "finetune_lr": 1e-3,
+    "finetune_layer_decay": 0.75,
+    "probe_lr": 3e-2,
+    "mae_epochs": 60,
+    "mae_lr": 1.5e-3,
+    "mim_epochs": 40,
+    "mim_lr": 1.5e-3,
+}
+
+
 def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, overwrite: bool = False) -> Prepared:
     cfg.validate()
     out = Path(cfg.output or f"runs/{cfg.model}")
@@ -171,8 +237,13 @@ def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, ov
     img_size = cfg.img_size or default_img_size(cfg.model)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.data, img_size)
+    if cfg.labels_per_class:
+        data = data.with_labels_per_class(cfg.labels_per_class, cfg.seed)
+    resolve_defaults(cfg, data.size("train"))
     if cfg.task == "train":
         model = build_classifier(cfg, data.num_classes, img_size)
+        if cfg.linear_probe:
+            model = LinearProbe(model, data.num_classes)
     else:
         model = build_pretrain_model(cfg, img_size)
     return Prepared(cfg, info, out, data, model, img_size, resume_ckpt, overwrite)
@@ -191,54 +262,105 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Pat
         distributed.cleanup()
 
 
-def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in one place
-    cfg, info, out, data = p.cfg, p.info, p.out, p.data
-    plain = p.model
-    is_train = cfg.task == "train"
+@dataclass
+class Loop:
+    """Everything the epochs update: the model (wrapped for DDP / FSDP / compile) and its optimizer state."""
+
+    plain: nn.Module  # the unwrapped module: optimizer groups, checkpoints, EMA
+    model: nn.Module  # what the forward runs through
+    sharded: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    ema: ModelEma | None
+    aug: DeviceAugment
+    batches_per_epoch: int
+    start_epoch: int = 0
+    best_top1: float = -1.0
+
+
+def _fit(p: Prepared) -> Path:
+    """The run: place the model, build the optimizer, restore a resumed run, write the run header, then per epoch
+    train, evaluate, save; finally check that all ranks ended with the same weights."""
+    cfg, info = p.cfg, p.info
+    resume_state = p.resume_ckpt["resume"] if p.resume_ckpt is not None else None
+    plain = _place_model(p, resume_state)
+    loop = _build_loop(p, plain)
+    if resume_state is not None:
+        _restore(p, loop, resume_state)
+    meta_base = _write_run_header(p)
+    fixed_val = _reconstruction_batch(p, loop)
+    end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, loop.start_epoch + cfg.stop_after)
+    for epoch in range(loop.start_epoch, end_epoch):
+        row = _train_epoch(p, loop, epoch)
+        improved = _evaluate_epoch(p, loop, epoch, row)
+        if fixed_val is not None and _is_png_epoch(epoch, cfg.epochs):
+            _save_mae_png(plain, fixed_val, p.out / f"mae_epoch{epoch + 1:03d}.png", p.data, cfg, write=info.is_main)
+        _save_epoch(p, loop, epoch, row, improved, meta_base)
+    if fixed_val is not None:
+        _save_mae_png(plain, fixed_val, p.out / "reconstructions.png", p.data, cfg, write=info.is_main)
+    _check_ranks_agree(plain, info)
+    return p.out
+
+
+def _place_model(p: Prepared, resume_state: dict | None) -> nn.Module:
+    """Gradient checkpointing, the resumed weights (full, on every rank, before any sharding), the device."""
+    cfg, plain = p.cfg, p.model
     if cfg.grad_checkpointing:
-        if not hasattr(plain, "set_grad_checkpointing"):
+        target = plain.encoder if isinstance(plain, LinearProbe) else plain
+        if not hasattr(target, "set_grad_checkpointing"):
             raise ValueError(f"{cfg.model} does not support --grad-checkpointing")
-        plain.set_grad_checkpointing(True)
-    st = p.resume_ckpt["resume"] if p.resume_ckpt is not None else None
-    if st is not None:  # full weights into the plain module on every rank, before any sharding
+        target.set_grad_checkpointing(True)
+    if resume_state is not None:
         try:
-            plain.load_state_dict(st.get("model") or p.resume_ckpt["model"])
+            plain.load_state_dict(resume_state.get("model") or p.resume_ckpt["model"])
         except RuntimeError as e:
-            raise ValueError(f"cannot resume {out}: its weights do not fit the model as configured now "
+            raise ValueError(f"cannot resume {p.out}: its weights do not fit the model as configured now "
                              f"({str(e).splitlines()[0]})") from e
-    plain.to(info.device)
+    return plain.to(p.info.device)
+
+
+def _build_loop(p: Prepared, plain: nn.Module) -> Loop:
+    """Wrap for DDP / FSDP / compile; AdamW with layer-wise groups; cosine schedule per optimizer step; AMP
+    scaler, EMA and the augmentation on the device."""
+    cfg, info, data = p.cfg, p.info, p.data
     model = distributed.wrap(plain, info, cfg.dist_mode)
     sharded = cfg.dist_mode == "fsdp" and info.enabled
     if cfg.compile:
         model = torch.compile(model)
-
-    optimizer = build_optimizer(plain, cfg.lr, cfg.weight_decay, cfg.layer_decay if is_train else 1.0)
+    optimizer = build_optimizer(plain, cfg.lr, cfg.weight_decay, cfg.layer_decay if cfg.task == "train" else 1.0)
     per_rank = len(data.indices("train", 0, cfg.seed, info.rank, info.world, True, cfg.batch_size))
     batches_per_epoch = per_rank // cfg.batch_size
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
-    scheduler = cosine_with_warmup(optimizer, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
-                                   cfg.min_lr_ratio)
+    scheduler = build_scheduler(cfg.sched, optimizer, cfg.epochs * steps_per_epoch,
+                                round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
     ema = ModelEma(plain, cfg.ema_decay) if cfg.ema_decay > 0 else None
     aug = DeviceAugment(augment_config(cfg, data), p.img_size, data.mean, data.std, data.num_classes).to(info.device)
+    return Loop(plain, model, sharded, optimizer, scheduler, scaler, ema, aug, batches_per_epoch)
 
-    start_epoch, best_top1 = 0, -1.0
-    if st is not None:
-        saved_fsdp = st.get("optimizer_format") == "fsdp_full"
-        if saved_fsdp != sharded:
-            raise ValueError(f"{out} was saved {'with' if saved_fsdp else 'without'} --dist fsdp under torchrun; "
-                             f"resume it the same way")
-        distributed.load_optimizer_state(plain, optimizer, st["optimizer"], sharded)
-        scheduler.load_state_dict(st["scheduler"])
-        if ema is not None and st.get("ema") is not None:
-            ema.load_state_dict(st["ema"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        set_rng_state(st["rng"])
-        start_epoch, best_top1 = int(st["epoch"]), float(st["best_top1"])
-        if info.is_main:
-            rundir.truncate_metrics(out, start_epoch)
 
+def _restore(p: Prepared, loop: Loop, st: dict) -> None:
+    """Optimizer, schedule, EMA, scaler, RNG and epoch of a resumed run; metrics of later epochs are dropped."""
+    saved_fsdp = st.get("optimizer_format") == "fsdp_full"
+    if saved_fsdp != loop.sharded:
+        raise ValueError(f"{p.out} was saved {'with' if saved_fsdp else 'without'} --dist fsdp under torchrun; "
+                         f"resume it the same way")
+    distributed.load_optimizer_state(loop.plain, loop.optimizer, st["optimizer"], loop.sharded)
+    loop.scheduler.load_state_dict(st["scheduler"])
+    if loop.ema is not None and st.get("ema") is not None:
+        loop.ema.load_state_dict(st["ema"])
+    if loop.scaler is not None and st.get("scaler"):
+        loop.scaler.load_state_dict(st["scaler"])
+    set_rng_state(st["rng"])
+    loop.start_epoch, loop.best_top1 = int(st["epoch"]), float(st["best_top1"])
+    if p.info.is_main:
+        rundir.truncate_metrics(p.out, loop.start_epoch)
+
+
+def _write_run_header(p: Prepared) -> dict:
+    """Rank 0 creates the run directory and writes config.yaml; returns the metadata every checkpoint carries."""
+    cfg, info, data, out = p.cfg, p.info, p.data, p.out
     meta_base = {
         "model_name": cfg.model,
         "task": cfg.task,
@@ -251,10 +373,10 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
         out.mkdir(parents=True, exist_ok=True)
         if p.overwrite:
             rundir.clear_run_dir(out)
-        model_cfg = getattr(plain, "config", None)
+        target = p.model.encoder if isinstance(p.model, LinearProbe) else p.model
         rundir.write_yaml(out / "config.yaml", {
             **meta_base,
-            "model_config": _plain(model_cfg),
+            "model_config": _plain(getattr(target, "config", None)),
             "data": {"name": data.name, "train_images": data.size("train"), "val_images": data.size("val"),
                      "skipped_files": data.skipped, "img_size": p.img_size},
             "world_size": info.world,
@@ -263,109 +385,161 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
                  data.size("train"), data.size("val"), p.img_size, out)
         if data.skipped:
             log.info("skipped %d unreadable or non-image file(s)", data.skipped)
+    return meta_base
 
-    fixed_val = None  # MAE: the images of the reconstruction PNG (every rank runs the forward: FSDP needs it)
+
+def _reconstruction_batch(p: Prepared, loop: Loop) -> Tensor | None:
+    """MAE: the fixed validation images of the reconstruction figure (every rank runs its forward: FSDP needs it)."""
+    if p.cfg.method != "mae":
+        return None
+    n = min(8, p.data.size("val"))
+    vx, _ = next(p.data.batches("val", list(range(n)), n))
+    return loop.aug.eval_batch(vx.to(p.info.device))
+
+
+def _is_png_epoch(epoch: int, epochs: int) -> bool:
+    """Reconstruction snapshots: the first epoch and about ten more, evenly spaced (not one per epoch)."""
+    step = max(1, epochs // 10)
+    return epoch == 0 or (epoch + 1) % step == 0
+
+
+def _loss(p: Prepared, loop: Loop, x: Tensor, y: Tensor) -> Tensor:
+    """The training objective of one batch: soft cross-entropy (train), MAE or MIM loss (pretrain)."""
+    cfg = p.cfg
+    xa, target = loop.aug.train_batch(x, y)
+    if cfg.task == "train":
+        return soft_cross_entropy(loop.model(xa), target)
     if cfg.method == "mae":
-        vx, _ = next(data.batches("val", list(range(min(8, data.size("val")))), 8))
-        fixed_val = aug.eval_batch(vx.to(info.device))
+        return loop.model(xa, mask_ratio=cfg.mask_ratio).loss
+    return loop.model(xa).loss
 
-    end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))
-        model.train()
-        idx = data.indices("train", epoch, cfg.seed, info.rank, info.world, True, cfg.batch_size)
-        pbar = _progress(cfg, info, len(idx) * info.world, f"epoch {epoch + 1}/{cfg.epochs}")
-        loss_sum, n_seen, t0 = torch.zeros((), dtype=torch.float64), 0, time.perf_counter()
-        for i, (x, y) in enumerate(data.batches("train", idx, cfg.batch_size, cfg.workers)):
-            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
-            last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == batches_per_epoch
-            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with autocast(cfg, info.device):
-                    if is_train:
-                        xa, target = aug.train_batch(x, y)
-                        loss = soft_cross_entropy(model(xa), target)
-                    elif cfg.method == "mae":
-                        xa, _ = aug.train_batch(x, y)
-                        loss = model(xa, mask_ratio=cfg.mask_ratio or 0.6).loss
-                    else:
-                        xa, _ = aug.train_batch(x, y)
-                        loss = model(xa).loss
-                lv = float(loss.detach())
-                if info.enabled:  # every rank stops together: a NaN on one rank makes the sum NaN on all
-                    ok = torch.tensor([0.0 if math.isfinite(lv) else 1.0], device=info.device)
-                    if distributed.all_reduce_sum(ok, info).item() > 0 and math.isfinite(lv):
-                        lv = float("nan")
-                if not math.isfinite(lv):
-                    if pbar is not None:
-                        pbar.close()
-                    where = f"{out / 'last.pt'}" if (out / "last.pt").exists() else "none yet (no epoch finished)"
-                    raise Diverged(f"loss is {lv} at epoch {epoch + 1} step {i + 1}; stopped. Last good checkpoint: {where}")
-                scaled = loss / cfg.accum_steps
-                (scaler.scale(scaled) if scaler else scaled).backward()
-            if last_micro:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.clip_grad)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if ema is not None:
-                    ema.update(plain)
-            loss_sum += lv * len(y)
-            n_seen += len(y)
-            if pbar is not None:
-                pbar.update(len(y) * info.world)
-                pbar.set_postfix(loss=f"{lv:.4f}", lr=f"{_lr(optimizer):.2e}", refresh=False)
+
+def _check_finite(p: Prepared, lv: float, epoch: int, step: int, pbar) -> None:
+    """Raise Diverged on a NaN / Inf loss; under torchrun every rank stops together."""
+    info = p.info
+    if info.enabled:  # a NaN on one rank makes the sum NaN on all
+        bad = torch.tensor([0.0 if math.isfinite(lv) else 1.0], device=info.device)
+        if distributed.all_reduce_sum(bad, info).item() > 0:
+            lv = float("nan")
+    if not math.isfinite(lv):
         if pbar is not None:
             pbar.close()
-        elapsed = time.perf_counter() - t0
-        stats = torch.tensor([loss_sum.item(), float(n_seen)], dtype=torch.float64, device=info.device)
-        distributed.all_reduce_sum(stats, info)
-        row = {"epoch": epoch + 1, "train_loss": stats[0].item() / max(1.0, stats[1].item()), "lr": _lr(optimizer),
-               "img_per_s": stats[1].item() / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        last = p.out / "last.pt"
+        where = f"{last}" if last.exists() else "none yet (no epoch finished)"
+        raise Diverged(f"loss is {lv} at epoch {epoch + 1} step {step + 1}; stopped. Last good checkpoint: {where}")
 
-        eval_model = ema.module if ema is not None else plain
-        if is_train:
-            row.update({k: v for k, v in evaluate(eval_model, data, aug, info, cfg.batch_size, cfg,
-                                                  workers=cfg.workers).items() if k != "n"})
-            improved = row["val_top1"] > best_top1
-            best_top1 = max(best_top1, row["val_top1"])
-            row["best_top1"] = best_top1
-        else:
-            improved = True
-        if fixed_val is not None:
-            _save_mae_png(plain, fixed_val, out / f"mae_epoch{epoch + 1:03d}.png", data, cfg, write=info.is_main)
 
-        # checkpoints: the state dicts first (a collective under FSDP), then only rank 0 writes
-        eval_sd = clean_state_dict(unwrap_model(eval_model).state_dict())
-        raw_sd = clean_state_dict(unwrap_model(plain).state_dict()) if ema is not None else None
-        optim_sd = distributed.optimizer_state(plain, optimizer, sharded)
-        meta = {**meta_base, "epoch": epoch + 1, "metrics": row}
-        if info.is_main:
-            rundir.append_metrics(out, row)
-            rundir.plot_curves(out)
-            if improved and is_train:
-                atomic_save({"model": eval_sd, "meta": meta}, out / "best.pt")
-            resume_state = {
-                "model": raw_sd,
-                "optimizer": optim_sd,
-                "optimizer_format": "fsdp_full" if sharded else "plain",
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler else None,
-                "rng": rng_state(),
-                "epoch": epoch + 1,
-                "best_top1": best_top1,
-            }
-            atomic_save({"model": eval_sd, "meta": meta, "resume": resume_state}, out / "last.pt")
-            _log_epoch(row, is_train)
+def _optimizer_step(p: Prepared, loop: Loop) -> None:
+    """Unscale (fp16), clip, step, zero, advance the schedule, update the EMA."""
+    if loop.scaler:
+        loop.scaler.unscale_(loop.optimizer)
+    if p.cfg.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_([q for q in loop.plain.parameters() if q.requires_grad], p.cfg.clip_grad)
+    if loop.scaler:
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+    else:
+        loop.optimizer.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scheduler.step()
+    if loop.ema is not None:
+        loop.ema.update(loop.plain)
 
+
+def _train_epoch(p: Prepared, loop: Loop, epoch: int) -> dict:
+    """One pass over this rank's shard, reseeded from (seed, epoch, rank); returns the epoch's metrics row."""
+    cfg, info, data = p.cfg, p.info, p.data
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))
+    loop.model.train()
+    idx = data.indices("train", epoch, cfg.seed, info.rank, info.world, True, cfg.batch_size)
+    pbar = _progress(cfg, info, len(idx) * info.world, f"epoch {epoch + 1}/{cfg.epochs}")
+    loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+    for i, (x, y) in enumerate(data.batches("train", idx, cfg.batch_size, cfg.workers)):
+        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+        last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == loop.batches_per_epoch
+        no_sync = not last_micro and hasattr(loop.model, "no_sync")
+        with loop.model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(cfg, info.device):
+                loss = _loss(p, loop, x, y)
+            lv = float(loss.detach())
+            _check_finite(p, lv, epoch, i, pbar)
+            scaled = loss / cfg.accum_steps
+            (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
+        if last_micro:
+            _optimizer_step(p, loop)
+        loss_sum += lv * len(y)
+        n_seen += len(y)
+        if pbar is not None:
+            pbar.update(len(y) * info.world)
+            pbar.set_postfix(loss=f"{lv:.4f}", lr=f"{_lr(loop.optimizer):.2e}", refresh=False)
+    if pbar is not None:
+        pbar.close()
+    elapsed = time.perf_counter() - t0
+    stats = torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=info.device)
+    distributed.all_reduce_sum(stats, info)
+    return {"epoch": epoch + 1, "train_loss": stats[0].item() / max(1.0, stats[1].item()), "lr": _lr(loop.optimizer),
+            "img_per_s": stats[1].item() / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+
+
+def _eval_model(loop: Loop) -> nn.Module:
+    return loop.ema.module if loop.ema is not None else loop.plain
+
+
+def _evaluate_epoch(p: Prepared, loop: Loop, epoch: int, row: dict) -> bool:
+    """Supervised runs: validation metrics into ``row`` every ``eval_every`` epochs and at the last; returns whether
+    the best top-1 improved. Pretraining: always True (nothing to compare)."""
+    cfg = p.cfg
+    if cfg.task != "train":
+        return True
+    if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
+        return False
+    res = evaluate(_eval_model(loop), p.data, loop.aug, p.info, cfg.batch_size, cfg, workers=cfg.workers)
+    row.update({k: v for k, v in res.items() if k != "n"})
+    improved = row["val_top1"] > loop.best_top1
+    loop.best_top1 = max(loop.best_top1, row["val_top1"])
+    row["best_top1"] = loop.best_top1
+    return improved
+
+
+def _weights_for_checkpoint(module: nn.Module) -> dict[str, Tensor]:
+    """The plain module's keys; a linear probe is saved as the plain classifier it amounts to."""
+    module = unwrap_model(module)
+    if isinstance(module, LinearProbe):
+        return module.classifier_state_dict()
+    return clean_state_dict(module.state_dict())
+
+
+def _save_epoch(p: Prepared, loop: Loop, epoch: int, row: dict, improved: bool, meta_base: dict) -> None:
+    """State dicts first (a collective under FSDP), then rank 0 appends the metrics, redraws the curves and writes
+    best.pt (supervised, when top-1 improved) and last.pt (with everything needed to resume)."""
+    cfg, info = p.cfg, p.info
+    eval_sd = _weights_for_checkpoint(_eval_model(loop))
+    probe = isinstance(loop.plain, LinearProbe)
+    raw_sd = clean_state_dict(unwrap_model(loop.plain).state_dict()) if loop.ema is not None or probe else None
+    optim_sd = distributed.optimizer_state(loop.plain, loop.optimizer, loop.sharded)
+    if not info.is_main:
+        return
+    meta = {**meta_base, "epoch": epoch + 1, "metrics": row}
+    rundir.append_metrics(p.out, row)
+    rundir.plot_curves(p.out)
+    if improved and cfg.task == "train":
+        atomic_save({"model": eval_sd, "meta": meta}, p.out / "best.pt")
+    resume_state = {
+        "model": raw_sd,
+        "optimizer": optim_sd,
+        "optimizer_format": "fsdp_full" if loop.sharded else "plain",
+        "scheduler": loop.scheduler.state_dict(),
+        "ema": loop.ema.state_dict() if loop.ema is not None else None,
+        "scaler": loop.scaler.state_dict() if loop.scaler else None,
+        "rng": rng_state(),
+        "epoch": epoch + 1,
+        "best_top1": loop.best_top1,
+    }
+    atomic_save({"model": eval_sd, "meta": meta, "resume": resume_state}, p.out / "last.pt")
+    _log_epoch(row)
+
+
+def _check_ranks_agree(plain: nn.Module, info: distributed.DistInfo) -> None:
     agree, vals = distributed.ranks_agree(plain, info)
     if info.enabled and info.is_main:
         if agree:
@@ -374,7 +548,6 @@ def _fit(p: Prepared) -> Path:  # noqa: C901 - the loop is meant to be read in o
             log.error("ranks DISAGREE: weight fingerprints %s", vals)
     if info.enabled and not agree:
         raise RuntimeError("ranks ended with different weights")
-    return out
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -390,8 +563,8 @@ def _progress(cfg: RunConfig, info: distributed.DistInfo, total: int, desc: str)
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
 
-def _log_epoch(row: dict, is_train: bool) -> None:
-    if is_train:
+def _log_epoch(row: dict) -> None:
+    if "val_top1" in row:
         msg = (f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
                f"val_top1 {row['val_top1']:.2f}%  val_top5 {row['val_top5']:.2f}%  {row['img_per_s']:.0f} img/s")
     else:
@@ -415,14 +588,15 @@ def _plain(obj):
 
 @torch.no_grad()
 def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig, write: bool) -> None:
-    """Rows: original | masked (hidden units grey) | reconstruction, for a fixed set of validation images."""
-    from ..pretrain.mae import reconstruct_images
+    """The MAE paper's figure for a fixed set of validation images: rows masked input (hidden units grey) |
+    reconstruction (visible patches pasted from the input) | original, each image at least 128 px."""
+    from ..pretrain.mae import patch_visibility, reconstruct_images
 
     was = model.training
     model.eval()
     g = torch.random.get_rng_state()
-    torch.manual_seed(0)  # the same mask every epoch, and the training RNG left untouched
-    out = model(x, mask_ratio=cfg.mask_ratio or 0.6)
+    torch.manual_seed(0)  # the same mask every time, and the training RNG left untouched
+    out = model(x, mask_ratio=cfg.mask_ratio)
     rec = reconstruct_images(model, x, out)
     torch.random.set_rng_state(g)
     model.train(was)
@@ -430,19 +604,27 @@ def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg
         return
     mean = torch.tensor(data.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(data.std, device=x.device).view(1, 3, 1, 1)
-    m = model.config.units_side
-    visible = out.mask.view(-1, 1, m, m).float()  # (B, 1, m, m), True = visible (the MAE model's convention)
-    visible = F.interpolate(visible, size=x.shape[-2:], mode="nearest")  # (B, 1, H, W)
+    visible = patch_visibility(model, out.mask, x.shape[-2:])  # (B, 1, H, W)
     shown = lambda t: t.float() * std + mean  # noqa: E731 - back to [0, 1] pixels
-    save_image_grid([shown(x), shown(x) * visible + 0.5 * (1 - visible), shown(rec)], path)
+    save_image_grid([shown(x) * visible + 0.5 * (1 - visible), shown(rec), shown(x)], path, min_side=128)
 
 
-def save_image_grid(rows: list[Tensor], path: Path) -> None:
-    """Each row a batch (B, 3, H, W) in [0, 1]; written as one PNG with Pillow."""
+def save_image_grid(rows: list[Tensor], path: Path, min_side: int = 0, gap: int = 2) -> None:
+    """Each row a batch (B, 3, H, W) in [0, 1]; written as one PNG with Pillow. Images are enlarged (nearest, an
+    integer factor) to at least ``min_side`` pixels and separated by ``gap`` white pixels."""
     import numpy as np
     from PIL import Image
 
-    grid = torch.cat([torch.cat(list(r.clamp(0, 1).float().cpu()), dim=-1) for r in rows], dim=-2)  # (3, R*H, B*W)
+    h = rows[0].shape[-2]
+    scale = max(1, -(-min_side // h))  # ceil: at least min_side
+    tiles = [[F.interpolate(img[None].float().clamp(0, 1), scale_factor=scale, mode="nearest")[0] for img in r]
+             for r in rows]
+    H, W = tiles[0][0].shape[-2:]
+    n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
+    grid = torch.ones(3, n_rows * (H + gap) - gap, n_cols * (W + gap) - gap)  # white background
+    for i, r in enumerate(tiles):
+        for j, t in enumerate(r):
+            grid[:, i * (H + gap): i * (H + gap) + H, j * (W + gap): j * (W + gap) + W] = t.cpu()
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     tmp = path.with_suffix(".tmp.png")
     Image.fromarray(arr).save(tmp)

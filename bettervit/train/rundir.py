@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "best.pt", "last.pt")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "best.pt", "last.pt", "reconstructions.png")
 
 
 def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
@@ -70,20 +70,22 @@ def plot_curves(path: Path) -> None:
     if not rows:
         return
     ep = [r["epoch"] for r in rows]
-    has_val = "val_top1" in rows[0]
+    val_rows = [r for r in rows if "val_top1" in r]  # runs may evaluate every few epochs only
+    has_val = bool(val_rows)
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(10 if has_val else 5, 3.6))
     ax = axes[0] if has_val else axes
     ax.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    if "val_loss" in rows[0]:
-        ax.plot(ep, [r["val_loss"] for r in rows], "o-", label="val")
+    if has_val:
+        ax.plot([r["epoch"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", label="val")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
     if has_val:
         ax = axes[1]
-        ax.plot(ep, [r["val_top1"] for r in rows], "o-", label="top-1")
-        ax.plot(ep, [r["val_top5"] for r in rows], "o-", label="top-5")
+        vep = [r["epoch"] for r in val_rows]
+        ax.plot(vep, [r["val_top1"] for r in val_rows], "o-", label="top-1")
+        ax.plot(vep, [r["val_top5"] for r in val_rows], "o-", label="top-5")
         ax.set_xlabel("epoch")
         ax.set_ylabel("val accuracy (%)")
         ax.legend()
