@@ -1,4 +1,4 @@
-"""The command line: models table, eval / predict on a trained run, pretraining, bench delegation, bad input."""
+"""The command line: models table, eval / predict on a trained run, pretraining, bad input (bench: test_bench.py)."""
 from __future__ import annotations
 
 import json
