@@ -4,8 +4,11 @@ For each variant: fill timm's model with the deterministic rule and run one gold
 336/448 classifiers store the logits; the headless MIM ``*_224`` trunks store the pooled features (mean of patch
 tokens -> fc_norm) and every 37th token of ``forward_features``. ``eva02_tiny_patch14_224_dynamic`` holds timm's
 ``dynamic_img_size=True`` outputs of the 224 weights at 336, 448 and a 224x336 input (RoPE and position embedding
-interpolated to the new grid), plus four intermediate block maps at 224.
-    .ref/bin/python scripts/golden_eva02.py [name ...]
+interpolated to the new grid), plus four intermediate block maps at 224. ``api_eva02_tiny_patch14_224`` holds timm's
+model API on the 224 weights at 112x112 (forward_intermediates for several indices / norm / NLC / prefix tokens /
+stop_early, pruned models, reset_classifier(0, ''), feature_info, a global_pool='token' classifier);
+``sizes_eva02_tiny_patch14_224`` non-square and dynamic_img_pad sizes and timm's resample_patch_embed.
+    .ref/bin/python scripts/golden_eva02.py [name ... | dynamic | api | sizes]
 """
 import copy
 import sys
