@@ -267,3 +267,46 @@ def test_bad_input_is_one_line():
         m(torch.randn(1, 3, 100, 112))
     with pytest.raises(ValueError, match="mlp"):
         bettervit.create_model("eva_giant_patch14_224", **SMALL, mlp="relu")
+
+
+# --- outside eager PyTorch ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["eva_giant_patch14_224", "eva_giant_patch14_clip_224"])
+def test_optimize_equals_plain(name):
+    """bettervit.optimize (oneDNN-packed weights, exact GELU fused into fc1, no rotation) equals the plain model, at
+    the built size and at run-time sizes, and writes the plain keys back."""
+    from bettervit.optimize import optimize
+    from bettervit.optimize.onednn import available
+
+    if not available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    plain = bettervit.create_model(name, **SMALL).eval()
+    with torch.no_grad():  # non-trivial biases and norms, so every fused term matters
+        for p in plain.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    fast = optimize(plain)
+    assert type(fast.blocks[0]).__name__ == "FastBlock"
+    assert not any(isinstance(m, torch.nn.Linear) for m in fast.blocks.modules())  # packed weights only
+    sd, plain_sd = fast.state_dict(), plain.state_dict()
+    assert sd.keys() == plain_sd.keys() and all(torch.equal(sd[k], plain_sd[k]) for k in sd)
+    with torch.inference_mode():
+        for h, w in [(224, 224), (98, 140)]:
+            x = torch.randn(2, 3, h, w)
+            torch.testing.assert_close(fast(x), plain(x), atol=TOL, rtol=0)
+            got = fast.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+            for g, r in zip(got, plain.forward_intermediates(x, indices=[0, 2], intermediates_only=True)):
+                torch.testing.assert_close(g, r, atol=TOL, rtol=0)
+
+
+def test_torch_export_dynamic_height_width(model):
+    """torch.export with dynamic batch, height and width: the position embedding resampled in the graph."""
+    from torch.export import Dim
+
+    b, gh, gw = Dim("batch", min=1, max=8), Dim("gh", min=2, max=32), Dim("gw", min=2, max=32)
+    ep = torch.export.export(model, (torch.randn(2, 3, 112, 112),),
+                             dynamic_shapes=({0: b, 2: 14 * gh, 3: 14 * gw},))
+    with torch.no_grad():
+        for shape in [(1, 3, 224, 224), (2, 3, 168, 252)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(ep.module()(x), model(x), atol=TOL, rtol=0)
