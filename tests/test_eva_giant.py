@@ -310,3 +310,32 @@ def test_torch_export_dynamic_height_width(model):
         for shape in [(1, 3, 224, 224), (2, 3, 168, 252)]:
             x = torch.randn(shape)
             torch.testing.assert_close(ep.module()(x), model(x), atol=TOL, rtol=0)
+
+
+# --- checkpoint formats ------------------------------------------------------------------------------------------------
+def test_open_clip_visual_prefix_and_other_grid_load():
+    """An open_clip-style file (image tower under ``visual.``, text tower beside it) loads into the CLIP tower; 224
+    weights load into the 336 variant with the position embedding resized to its 24x24 grid."""
+    from bettervit import weights
+
+    ref = _small("eva_giant_patch14_clip_224", CLIP_SHAPES)
+    sd = {f"visual.{k}": v for k, v in reference_checkpoint(CLIP_SHAPES).items()}
+    sd.update({"text.token_embedding.weight": torch.zeros(4, 8), "logit_scale": torch.ones(())})
+    m = bettervit.create_model("eva_giant_patch14_clip_224", **SMALL).eval()
+    weights.load_into(m, sd)
+    x = golden_input((1, 3, 126, 196))
+    with torch.inference_mode():
+        assert torch.equal(m(x), ref(x))
+    big = bettervit.create_model("eva_giant_patch14_336", **SMALL).eval()
+    weights.load_into(big, reference_checkpoint(SHAPES))
+    assert big.pos_embed.shape == (1, 1 + 24 * 24, 64)
+    small = _small()
+    with torch.inference_mode():  # same weights; the 224 model resamples to 24x24 at run time the same way
+        torch.testing.assert_close(big.pos_embed_for((24, 24)), small.pos_embed_for((24, 24)), atol=1e-6, rtol=0)
+
+
+def test_model_built_under_inference_mode_runs_at_other_sizes():
+    with torch.inference_mode():
+        m = _small()
+        assert m.pos_embed.is_inference()
+        _close(m(golden_input((1, 3, 168, 252))), REF["logits_168x252"], "logits")

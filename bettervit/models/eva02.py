@@ -430,6 +430,8 @@ class Eva02(Backbone):
             return self.resize_pos_embed(self.pos_embed, grid, self.grid)
         if grid == self.grid:
             return self.pos_embed
+        if self.pos_embed.is_inference():  # built under inference_mode: no version counter to validate a cache with
+            return self.resize_pos_embed(self.pos_embed, grid, self.grid)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         hit = self._pos_cache.get(key)
         if hit is None or hit[0] != self.pos_embed._version:
