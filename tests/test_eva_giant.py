@@ -339,3 +339,21 @@ def test_model_built_under_inference_mode_runs_at_other_sizes():
         m = _small()
         assert m.pos_embed.is_inference()
         _close(m(golden_input((1, 3, 168, 252))), REF["logits_168x252"], "logits")
+
+
+def test_vitdet_windows_covering_the_grid_equal_global_attention():
+    """EVA as a ViTDet trunk (no RoPE: windows only restrict attention): one window over the whole 8x8 grid gives the
+    global-attention model; the feature pyramid gets strides 4..32 with a 16-pixel patch."""
+    from bettervit.models.vitdet import vitdet_eva02
+
+    kw = dict(**SMALL, num_classes=0, class_token=False, img_size=112)
+    windowed = bettervit.create_model("eva_giant_patch14_224", window_size=8, **kw).eval()
+    plain = bettervit.create_model("eva_giant_patch14_224", **kw).eval()
+    plain.load_state_dict(windowed.state_dict())
+    x = torch.randn(1, 3, 112, 112)
+    with torch.inference_mode():
+        torch.testing.assert_close(windowed.forward_features(x), plain.forward_features(x), atol=1e-5, rtol=0)
+        maps = vitdet_eva02("eva_giant_patch14_224", img_size=128, window_size=4, num_global=1, **SMALL).eval()(
+            torch.randn(1, 3, 128, 192))
+    assert {k: tuple(v.shape[-2:]) for k, v in maps.items()} == {"p2": (32, 48), "p3": (16, 24), "p4": (8, 12),
+                                                                   "p5": (4, 6)}
