@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from bettervit.cli import main as cli
-from bettervit.data import build_data
-from bettervit.train.probe import pixel_baselines
+from bettervit.train.probe import digits_pixel_baselines
 
-MIM_STUDENT = "eva02_nano_patch14_56"
+MIM_STUDENT = "eva02_nano"
 
 
 def run_cli(argv: list[str], log) -> None:
@@ -97,8 +96,7 @@ def main() -> None:
         times[name] = time.perf_counter() - t0
         return Path(argv[argv.index("--output") + 1])
 
-    data = build_data("digits", 8).with_labels_per_class(args.labels_per_class, args.seed)
-    base = pixel_baselines(data)
+    base = digits_pixel_baselines(args.labels_per_class, args.seed)
     table["pixels: logistic regression"] = base["pixel_logreg_top1"]
     table["pixels: 1-NN"] = base["pixel_1nn_top1"]
 

@@ -28,7 +28,7 @@ COUNTS: dict[str, tuple[int | tuple[int, int], int, int | None]] = {
     'mae_hiera_base_plus_224': (224, 97584064, 23766865920),
     'mae_hiera_huge_224': (224, 710081792, 129940357120),
     'mae_hiera_large_224': (224, 242875808, 48803399680),
-    'mae_hiera_nano': (64, 1541088, 23175168),
+    'mae_hiera_nano': (64, 1541088, 39141376),
     'mae_hiera_small_224': (224, 62118752, 17292021760),
     'mae_hiera_tiny_224': (224, 55020896, 16180695040),
     'maxvit_base_tf_224': (224, 119467708, 47803871232),

@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--img-size", type=_int_at_least(8), default=None)
     s.add_argument("--batch-size", type=_int_at_least(1), default=64)
     s.add_argument("--device", default="auto")
+    s.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="on the CPU, run the plain model instead of bettervit.optimize's fused one")
     s.add_argument("--workers", type=_int_at_least(0), default=2)
     s.add_argument("--knn", type=_int_at_least(1), default=None, metavar="K",
                    help="also k-NN top-1 on pooled features (cosine, K neighbours) from the train split")
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk", type=_int_at_least(1), default=5)
     s.add_argument("--img-size", type=_int_at_least(8), default=None)
     s.add_argument("--device", default="auto")
+    s.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="on the CPU, run the plain model instead of bettervit.optimize's fused one")
     s.add_argument("images", nargs="+", metavar="IMAGE")
 
     s = sub.add_parser("bench", help="bettervit vs timm: img/s, peak memory, MFU (inference and training step)")
@@ -333,12 +337,11 @@ def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
             best = max((r for r in rows if "val_top1" in r), key=lambda r: r["val_top1"])
             print(f"best val top-1 {best['val_top1']:.2f}% (epoch {best['epoch']}), last {rows[-1]['val_top1']:.2f}%")
             if cfg.labels_per_class and cfg.data in (None, "", "digits"):
-                from .data import build_data
-                from .train.probe import pixel_baselines
+                from .train.probe import digits_pixel_baselines
 
-                few = build_data("digits", 8).with_labels_per_class(cfg.labels_per_class, cfg.seed)
-                base = pixel_baselines(few)
-                print(f"pixel baselines on the same {few.size('train')} train images: logistic regression "
+                base = digits_pixel_baselines(cfg.labels_per_class, cfg.seed)
+                n = cfg.labels_per_class * 10  # the digits have 10 classes
+                print(f"pixel baselines on the same {n} train images: logistic regression "
                       f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
         elif rows:
             print(f"train loss {rows[0]['train_loss']:.4f} (epoch 1) -> {rows[-1]['train_loss']:.4f} "
@@ -362,19 +365,31 @@ def _read_weights(checkpoint: str) -> tuple[dict, dict]:
 
 
 def _load_for_inference(model_name: str, checkpoint: str | None, num_classes: int | None, img_size: int | None,
-                        device, loaded: tuple[dict, dict] | None = None):
-    """(model in eval mode, meta); without a checkpoint, the model's released weights."""
+                        device, loaded: tuple[dict, dict] | None = None, optimize: bool = True):
+    """(model in eval mode, meta); without a checkpoint, the model's released weights. On the CPU (and with
+    ``optimize``) the model goes through ``bettervit.optimize``: same outputs to float rounding, faster."""
+    model, meta = _build_for_inference(model_name, checkpoint, num_classes, img_size, loaded)
+    model = model.to(device).eval()
+    if optimize and getattr(device, "type", str(device)) == "cpu":
+        from . import optimize as optimize_model
+
+        model = optimize_model(model, inplace=True)
+    return model, meta
+
+
+def _build_for_inference(model_name: str, checkpoint: str | None, num_classes: int | None, img_size: int | None,
+                         loaded: tuple[dict, dict] | None):
     from . import create_model, weights
 
     if checkpoint is None:
-        return create_model(model_name, pretrained=True, img_size=img_size).to(device).eval(), {}
+        return create_model(model_name, pretrained=True, img_size=img_size), {}
     sd, meta = loaded or _read_weights(checkpoint)
     if meta.get("class_names") is not None:
         num_classes = len(meta["class_names"])
     img_size = img_size or (meta.get("preprocess") or {}).get("img_size")
     model = create_model(model_name, num_classes=num_classes, img_size=img_size)
     weights.load_into(model, sd, source=checkpoint)
-    return model.to(device).eval(), meta
+    return model, meta
 
 
 def _device(name: str):
@@ -400,14 +415,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     names = meta.get("class_names")
     if names is not None and list(names) != data.class_names:
         raise CliError(f"{data.name} has classes {_short(data.class_names)}, the checkpoint {_short(list(names))}")
-    model, _ = _load_for_inference(args.model, args.checkpoint, data.num_classes, img_size, dev, loaded)
+    model, _ = _load_for_inference(args.model, args.checkpoint, data.num_classes, img_size, dev, loaded,
+                                   optimize=args.optimize)
     aug = DeviceAugment(AugmentConfig.for_data(data.name), img_size, data.mean, data.std, data.num_classes).to(dev)
     with torch.inference_mode():
         r = evaluate(model, data, aug, distributed.DistInfo(device=dev), args.batch_size, workers=args.workers)
     print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
           f"({r['n']} images, {data.name} val)")
     if args.knn is not None:
-        from .train.probe import extract_features, knn_top1, pixel_baselines
+        from .train.probe import digits_pixel_baselines, extract_features, knn_top1
 
         if args.labels_per_class:
             data = data.with_labels_per_class(args.labels_per_class, args.seed)
@@ -417,7 +433,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         acc = knn_top1(tf, ty, vf, vy, args.knn, num_classes=data.num_classes)
         print(f"k-NN top-1 {acc:.2f}%  (k={args.knn}, cosine, {len(ty)} train images)")
         if data.name == "digits":
-            base = pixel_baselines(data)
+            base = digits_pixel_baselines(args.labels_per_class, args.seed)
             print(f"pixel baselines on the same {len(ty)} train images: logistic regression "
                   f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
     return 0
@@ -440,7 +456,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for f in args.images:
         if not Path(f).is_file():
             raise CliError(f"image not found: {f}")
-    model, meta = _load_for_inference(args.model, args.checkpoint, None, args.img_size, dev)
+    model, meta = _load_for_inference(args.model, args.checkpoint, None, args.img_size, dev, optimize=args.optimize)
     pre = meta.get("preprocess") or {}
     size = args.img_size or pre.get("img_size") or _model_img_size(model)
     crop_pct = pre.get("crop_pct", 0.875)

@@ -135,14 +135,16 @@ def export_model(
     verify: bool = True,
     atol: float = 1e-4,
     overwrite: bool = False,
+    hw_time_limit: float | None = 120.0,
 ) -> ExportReport:
     """Export ``model`` (in eval mode, on the CPU, fp32) to ``path`` as ``fmt`` ('onnx' or 'pt2').
 
     img_size: the example input's size (default: the model's). dynamic_hw: None exports H x W as dynamic when the
     eager model takes another size (each side a multiple of :func:`size_multiple`), True insists, False keeps them
     static (None also falls back to static H x W when ``torch.export`` cannot trace them symbolically; the report
-    notes why). verify: load the file back and compare its logits with eager on batch sizes 1 and 3 (and another H x W
-    when dynamic). Raises :class:`ExportError` when the export fails or the file's logits differ from eager by more
+    notes why). hw_time_limit: seconds allowed for the dynamic H x W attempt (``torch.export``'s symbolic shape
+    reasoning can take very long on some models). verify: load the file back and compare its logits with eager on
+    batch sizes 1 and 3 (and another H x W when dynamic). Raises :class:`ExportError` when the export fails or the file's logits differ from eager by more
     than ``atol``. An existing ``path`` is an error unless ``overwrite``.
     """
     if fmt not in FORMATS:
@@ -170,7 +172,7 @@ def export_model(
                           atol=atol)
 
     try:
-        ep = _torch_export(model, x, dynamic_batch, dynamic_hw, m)
+        ep = _torch_export(model, x, dynamic_batch, dynamic_hw, m, hw_time_limit if dynamic_hw else None)
     except ExportError as e:
         if not (dynamic_hw and auto_hw):
             raise
@@ -220,7 +222,34 @@ def _param_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def _torch_export(model: nn.Module, x: Tensor, dynamic_batch: bool, dynamic_hw: bool, m: int):
+class _TimeUp(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`_TimeUp` in the block after ``seconds`` (SIGALRM: main thread on POSIX only, else no limit)."""
+    import signal
+    import threading
+
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _TimeUp
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _torch_export(model: nn.Module, x: Tensor, dynamic_batch: bool, dynamic_hw: bool, m: int,
+                  time_limit: float | None = None):
     from torch.export import Dim
 
     dims: dict[int, Any] = {}
@@ -232,7 +261,10 @@ def _torch_export(model: nn.Module, x: Tensor, dynamic_batch: bool, dynamic_hw: 
         dims[3] = m * Dim("w_strides", min=1, max=limit)
     name = _input_name(model)
     try:
-        return torch.export.export(model, (x,), dynamic_shapes={name: dims} if dims else None)
+        with _time_limit(time_limit):
+            return torch.export.export(model, (x,), dynamic_shapes={name: dims} if dims else None)
+    except _TimeUp:
+        raise ExportError(f"torch.export did not finish in {time_limit:g} s (symbolic H x W)") from None
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"torch.export failed: {_first_line(e)}") from e
 

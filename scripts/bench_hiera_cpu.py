@@ -41,7 +41,7 @@ def main() -> None:
     old.load_state_dict(new.state_dict())
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 1000, (args.batch,))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.model}, batch {args.batch}, {args.size}px")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.model}, batch {args.batch}, {args.size}px", flush=True)
 
     if "infer" in args.what:
         fast = bettervit.optimize(new)
@@ -83,9 +83,10 @@ def main() -> None:
         times = {k: [] for k in runs}
         for f in runs.values():
             f()
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for k, f in runs.items():
                 times[k].append(timed(f, 1))
+            print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in med.items():
             print(f"  train {k:28s} {v * 1e3:8.1f} ms/step")

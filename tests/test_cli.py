@@ -1,4 +1,4 @@
-"""The command line: models table, eval / predict on a trained run, pretraining, bench delegation, bad input."""
+"""The command line: models table, eval / predict on a trained run, pretraining, bad input (bench: test_bench.py)."""
 from __future__ import annotations
 
 import json
@@ -52,6 +52,10 @@ def test_eval_and_predict(digits_run, tmp_path, capsys):
     top1 = float(line.split()[1].rstrip("%"))
     best = max(json.loads(r)["val_top1"] for r in (digits_run / "metrics.jsonl").read_text().splitlines())
     assert top1 == pytest.approx(best, abs=0.006) and "top-5" in line
+    # on the CPU eval runs bettervit.optimize's model; the plain one gives the same figures
+    assert main(["eval", "--model", "hiera_nano", "--checkpoint", str(digits_run / "best.pt"), "--workers", "0",
+                 "--no-optimize"]) == 0
+    assert capsys.readouterr().out.strip().split()[:4] == line.split()[:4]
 
     # a digit from the validation split, saved as an ordinary PNG
     from sklearn.datasets import load_digits

@@ -101,3 +101,24 @@ def test_compile_fullgraph_train_step_and_inference():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@needs_onednn
+def test_optimized_features_only_model():
+    feats = bettervit.create_model("maxvit_nano", features_only=True, out_indices=(1, 3)).eval()
+    fast = optimize(feats)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        ref, out = feats(x), fast(x)
+    assert [tuple(t.shape) for t in out] == [(2, 32, 16, 32), (2, 128, 4, 8)]
+    for a, b in zip(out, ref):
+        assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_torch_export_with_dynamic_hw_is_refused_in_one_line():
+    """Whether a stage's map is padded depends on H x W, so an exported graph is for one size (export.py then falls
+    back to a static H x W)."""
+    model = bettervit.create_model("maxvit_nano").eval()
+    h = torch.export.Dim("h", min=2, max=8)
+    with pytest.raises(Exception, match="static H x W"):
+        torch.export.export(model, (torch.randn(1, 3, 64, 64),), dynamic_shapes=({2: 32 * h},))

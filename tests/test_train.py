@@ -285,3 +285,13 @@ def test_recipes_cite_sources_and_apply(tmp_path):
     assert cfg["lr"] == pytest.approx(2e-3 * 16 / 1024)  # the published rate scaled to this batch
     assert main(["train", *FAST, "--recipe", "nope", "--output", str(tmp_path / "x")]) == 2
     assert main(["train", "--recipe", "list"]) == 0  # no --model needed to list them
+
+
+def test_pixel_baselines_use_the_digits_own_pixels_and_subset():
+    from bettervit.data import build_data
+    from bettervit.train.probe import digits_pixel_baselines, pixel_baselines
+
+    a = digits_pixel_baselines(5, seed=3)
+    assert a == pixel_baselines(build_data("digits", 8).with_labels_per_class(5, 3))  # the subset does not depend on size
+    assert set(a) == {"pixel_logreg_top1", "pixel_1nn_top1"} and all(50 < v <= 100 for v in a.values())
+    assert digits_pixel_baselines()["pixel_1nn_top1"] > a["pixel_1nn_top1"]  # all 1,438 labels beat 50

@@ -412,6 +412,10 @@ class MaxViT(Backbone):
     # --- forward -------------------------------------------------------------------------------------------------
     def _check(self, x: Tensor) -> None:
         self.check_input(x, 32)  # any H x W multiple of 32: the stem and four stages halve it five times
+        if torch.compiler.is_exporting() and not all(isinstance(s, int) for s in x.shape[-2:]):
+            # Whether a stage's map needs padding depends on H and W, so one exported graph holds for one H x W.
+            # (torch.compile with dynamic sizes is fine: it guards on the same conditions and recompiles.)
+            raise ValueError("MaxViT exports with a static H x W (a dynamic batch is fine); export one size per graph")
 
     def _stage(self, stage: Stage, x: Tensor) -> Tensor:
         for block in stage.blocks:

@@ -205,7 +205,7 @@ def _register_demo_variant() -> None:
     from ..registry import register_model
 
     @register_model(Eva02, family="eva02")
-    def eva02_nano_patch14_56() -> Eva02Config:
+    def eva02_nano() -> Eva02Config:
         """EVA-02 at 56 px: width 128, 6 blocks, 4 heads; RoPE on the 4x4 grid. For demos and tests."""
         return Eva02Config(img_size=56, embed_dim=128, depth=6, num_heads=4, rope_ref_grid=4)
 

@@ -132,3 +132,14 @@ def pixel_baselines(data: DataBundle) -> dict[str, float]:
     nn1 = KNeighborsClassifier(n_neighbors=1).fit(xt, yt)
     return {"pixel_logreg_top1": 100.0 * float((lr.predict(xv) == yv).mean()),
             "pixel_1nn_top1": 100.0 * float((nn1.predict(xv) == yv).mean())}
+
+
+def digits_pixel_baselines(labels_per_class: int | None = None, seed: int = 0) -> dict[str, float]:
+    """``pixel_baselines`` on the digits' own 8x8 pixels (not the upsampled model input), on the same labelled
+    subset ``--labels-per-class`` / ``--seed`` select (the subset depends on the labels only, not the image size)."""
+    from ..data import build_data
+
+    data = build_data("digits", 8)
+    if labels_per_class:
+        data = data.with_labels_per_class(labels_per_class, seed)
+    return pixel_baselines(data)
