@@ -1,4 +1,4 @@
-"""EVA-02: bettervit vs timm, same process, same weights, same input (GUIDE §6).
+"""EVA-02: bettervit vs timm, same process, same weights, same input (see benchmarks/README.md).
 
     PYTHONPATH=/work/main /work/refenv/bin/python benchmarks/bench_eva02.py [--models ...] [--batch 8] [--img 224]
 

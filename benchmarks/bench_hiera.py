@@ -1,4 +1,4 @@
-"""Hiera: bettervit vs timm vs the official hiera-transformer, same process, same weights, same input (GUIDE §6).
+"""Hiera: bettervit vs timm vs the official hiera-transformer, same process, same weights, same input (see benchmarks/README.md).
 
     PYTHONPATH=/work/main /work/refenv/bin/python benchmarks/bench_hiera.py [--models hiera_tiny_224] [--batch 8]
 

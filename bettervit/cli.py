@@ -521,7 +521,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             require_onnx()
         except ImportError as e:
             raise CliError(str(e)) from None
-    model, _ = _load_for_inference(args.model, args.checkpoint, None, args.img_size, "cpu")
+    model, _ = _load_for_inference(args.model, args.checkpoint, None, args.img_size, "cpu", optimize=False)  # export the plain model
     try:
         report = export_model(model, args.format, out, img_size=args.img_size, dynamic_batch=not args.static_batch,
                               dynamic_hw=args.dynamic_hw, verify=args.verify, overwrite=args.overwrite)

@@ -163,8 +163,12 @@ def export_model(
     chans = in_chans(model)
     m = size_multiple(model)
     auto_hw = dynamic_hw is None
+    symbolic_ok = getattr(getattr(model, "model", model), "export_dynamic_hw", True)
+    if dynamic_hw and not symbolic_ok:
+        raise ValueError(f"{type(getattr(model, 'model', model)).__name__} exports with a static H x W "
+                         "(a dynamic batch is fine): export one file per input size")
     if auto_hw:
-        dynamic_hw = _takes_other_sizes(model, chans, hw, m)
+        dynamic_hw = symbolic_ok and _takes_other_sizes(model, chans, hw, m)
     elif dynamic_hw and (hw[0] % m or hw[1] % m):
         raise ValueError(f"dynamic H x W needs img_size a multiple of {m}, got {hw[0]}x{hw[1]}")
     x = torch.randn(EXPORT_BATCH, chans, *hw)

@@ -16,7 +16,7 @@ from fill import fill_value
 FIXTURES = GOLDEN / "eva02"
 NAMES = ["eva02_tiny_patch14_224", "eva02_small_patch14_224", "eva02_base_patch14_224", "eva02_large_patch14_224",
          "eva02_tiny_patch14_336", "eva02_small_patch14_336", "eva02_base_patch14_448", "eva02_large_patch14_448"]
-# GUIDE §3, millions of parameters
+# millions of parameters, as timm counts them (and the papers report)
 PARAMS_M = dict(zip(NAMES, [5.50, 21.62, 85.76, 303.27, 5.76, 22.13, 87.12, 305.08]))
 TOL = 1e-4
 

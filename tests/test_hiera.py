@@ -16,7 +16,7 @@ from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 HIERA = GOLDEN / "hiera"
 SIZES = ("tiny", "small", "base", "base_plus", "large", "huge")
-PARAMS_M = dict(zip(SIZES, (27.91, 35.01, 51.52, 69.90, 213.74, 672.78)))  # GUIDE §3
+PARAMS_M = dict(zip(SIZES, (27.91, 35.01, 51.52, 69.90, 213.74, 672.78)))  # as timm and the Hiera paper report them
 
 
 def _build_loaded(name: str, sd: dict[str, torch.Tensor], **kw) -> Hiera:
@@ -91,7 +91,7 @@ def test_official_mae_checkpoint_encoder_loads_into_classifier():
 
 @pytest.mark.parametrize("size", SIZES)
 def test_parameter_counts(size):
-    """Equal to GUIDE §3 (2 decimals, in M) and exactly to the reference checkpoint."""
+    """Equal to the counts timm and the Hiera paper report (2 decimals, in M) and exactly to the reference checkpoint."""
     _, shapes, _ = read_fixture(HIERA / f"timm_hiera_{size}_224.safetensors")
     with torch.device("meta"):
         model = bettervit.create_model(f"hiera_{size}_224")

@@ -11,7 +11,7 @@ from bettervit import weights
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 FIXTURES = sorted((GOLDEN / "maxvit").glob("*.safetensors"))
-PARAMS_M = {"tiny": 30.92, "small": 68.93, "base": 119.47, "large": 211.79}  # GUIDE §3, at 224
+PARAMS_M = {"tiny": 30.92, "small": 68.93, "base": 119.47, "large": 211.79}  # as timm counts them, at 224
 
 
 def test_every_variant_has_a_fixture():

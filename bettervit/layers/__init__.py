@@ -1,6 +1,5 @@
 """Parts used by two or more models."""
 from .drop import DropPath, drop_path
-from . import onednn
 from .mlp import Mlp
 
-__all__ = ["DropPath", "drop_path", "Mlp", "onednn"]
+__all__ = ["DropPath", "drop_path", "Mlp"]

@@ -44,6 +44,10 @@ class Backbone(nn.Module):
     classifier_prefixes: tuple[str, ...] = ("head.fc.",)
     #: ``out_indices`` of ``create_model(..., features_only=True)`` when none are given (timm's per-family default)
     default_out_indices: int | tuple[int, ...] = 4
+    #: whether ``torch.export`` can trace the input's H x W symbolically (one exported graph for every size); False
+    #: where the token layout depends on the size in ways its symbolic shapes cannot simplify (bettervit.export
+    #: then exports a static H x W, a dynamic batch still)
+    export_dynamic_hw: bool = True
     #: timm's pretrained config (input size, normalisation, crop, classifier name ...), set by ``create_model``
     pretrained_cfg: dict[str, Any] = {}
 

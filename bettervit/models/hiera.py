@@ -346,6 +346,9 @@ class Hiera(Backbone):
 
     classifier_prefixes = ("head.fc.",)
     default_out_indices = 4  # features_only: the last 4 stages, i.e. all of them
+    # the unroll / mask-unit reshapes give torch.export's symbolic shapes nested floor divisions it does not finish
+    # simplifying: export one size per graph
+    export_dynamic_hw = False
 
     def __init__(self, config: HieraConfig) -> None:
         super().__init__()

@@ -372,6 +372,8 @@ class MaxViT(Backbone):
     after the last stage and ``norm=True`` changes nothing (as in timm).
     """
 
+    export_dynamic_hw = False  # the padding to the partition depends on the size (see forward_features)
+
     classifier_prefixes = ("head.fc.",)
     default_out_indices = (0, 1, 2, 3, 4)
 
