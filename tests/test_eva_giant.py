@@ -269,7 +269,7 @@ def test_bad_input_is_one_line():
         bettervit.create_model("eva_giant_patch14_224", **SMALL, mlp="relu")
 
 
-# --- outside eager PyTorch ---------------------------------------------------------------------------------------------
+# --- outside eager PyTorch -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["eva_giant_patch14_224", "eva_giant_patch14_clip_224"])
 def test_optimize_equals_plain(name):
     """bettervit.optimize (oneDNN-packed weights, exact GELU fused into fc1, no rotation) equals the plain model, at
@@ -312,7 +312,7 @@ def test_torch_export_dynamic_height_width(model):
             torch.testing.assert_close(ep.module()(x), model(x), atol=TOL, rtol=0)
 
 
-# --- checkpoint formats ------------------------------------------------------------------------------------------------
+# --- checkpoint formats ----------------------------------------------------------------------------------------------
 def test_open_clip_visual_prefix_and_other_grid_load():
     """An open_clip-style file (image tower under ``visual.``, text tower beside it) loads into the CLIP tower; 224
     weights load into the 336 variant with the position embedding resized to its 24x24 grid."""

@@ -80,7 +80,7 @@ class Eva02Config:
     num_heads: int = 3
     mlp_ratio: float = 4 * 2 / 3  # MLP hidden = int(embed_dim * mlp_ratio): int(dim * 8/3) for EVA-02's SwiGLU
     qkv_fused: bool = True  # Ti/S: one qkv matrix + q_bias/v_bias; B/L: q_proj/k_proj/v_proj
-    sub_ln: bool = False  # B/L: separate gate/value SwiGLU with a LayerNorm on the hidden layer (GELU MLP: on its hidden)
+    sub_ln: bool = False  # B/L: split gate/value SwiGLU with a LayerNorm on the hidden layer (GELU MLP: on its hidden)
     mlp: str = "swiglu"  # EVA-02: "swiglu"; EVA: "gelu" (fc1 -> GELU -> fc2, hidden int(embed_dim * mlp_ratio))
     rope: bool = True  # EVA-02: 2-D RoPE on queries and keys; EVA: False (absolute position embedding only)
     rope_ref_grid: int = 16  # RoPE positions are rescaled onto this grid (the pretraining grid, 224 / 14)
