@@ -1,6 +1,7 @@
 """Regenerate bettervit/_counts.py: parameters and FLOPs of every registered model, counted from the models.
 
     python scripts/model_counts.py          # from the repository root; a minute or two (MAE models run on the CPU)
+    python scripts/model_counts.py 'eva_giant*'   # (re)count only the models matching the patterns, keep the rest
 
 `bettervit models` reads the table instead of building ~40 models (about 40 s); tests/test_bench.py recounts a
 few entries and checks that every registered model is in it. Run this after adding a model or changing one's size.
@@ -25,15 +26,25 @@ COUNTS: dict[str, tuple[int | tuple[int, int], int, int | None]] = {
 '''
 
 
-def main() -> None:
-    lines = []
-    for name in list_models():
+def main(patterns: list[str]) -> None:
+    """Count every registered model, or only those matching ``patterns`` (the other rows are kept as they are; rows
+    of models no longer registered are dropped)."""
+    from bettervit._counts import COUNTS
+
+    names = list_models()
+    todo = set(list_models(patterns)) if patterns else set(names)
+    rows = {}
+    for name in names:
+        if name not in todo and name in COUNTS:
+            rows[name] = COUNTS[name]
+            continue
         c = count_model(name)
-        size = c["img_size"] if isinstance(c["img_size"], int) else tuple(c["img_size"])
-        lines.append(f"    {name!r}: ({size!r}, {c['params']}, {c['flops']}),\n")
+        rows[name] = (c["img_size"] if isinstance(c["img_size"], int) else tuple(c["img_size"]), c["params"],
+                      c["flops"])
         print(name, c, flush=True)
+    lines = [f"    {name!r}: ({size!r}, {params}, {flops}),\n" for name, (size, params, flops) in sorted(rows.items())]
     (ROOT / "bettervit" / "_counts.py").write_text(HEADER + "".join(lines) + "}\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,7 +1,8 @@
-"""EVA-02: a plain ViT with 2-D rotary position embedding, SwiGLU and sub-LN (Fang et al. 2023, arXiv:2303.11331).
+"""EVA-02 and EVA: plain ViTs, EVA-02 with 2-D rotary position embedding, SwiGLU and sub-LN (Fang et al. 2023,
+arXiv:2303.11331); EVA, its predecessor, a 1B-parameter ViT-g (Fang et al., CVPR 2023, arXiv:2211.07636).
 
-Read top to bottom: config -> rotary tables -> attention -> SwiGLU -> block (global or windowed) -> model -> variants
--> checkpoint key map.
+Read top to bottom: config -> rotary tables -> attention -> MLPs (SwiGLU, GELU) -> block (global or windowed) ->
+model -> variants -> checkpoint key map.
 
 The architecture in one paragraph. 14x14 patches become tokens; a class token is prepended and a learned absolute
 position embedding added. Every block is pre-norm (LayerNorm, eps 1e-6): attention whose queries and keys are
@@ -23,6 +24,16 @@ Detection (ViTDet, Li et al. 2022; EVA-02's detection backbone). With ``window_s
 non-overlapping windows of ``window_size`` x ``window_size`` tokens (the map zero-padded to whole windows), except the
 few ``global_blocks``; windowed blocks use RoPE tables for one window, global blocks for the whole grid. ViTDet has no
 class token (``class_token=False``). See models/vitdet.py for the feature pyramid on top.
+
+EVA (the original; ``eva_giant_patch14_*``) is the same trunk with three differences, set by config fields: no
+RoPE (``rope=False``: the learned absolute position embedding is the only position signal), a plain GELU MLP
+(``mlp="gelu"``: ``fc1`` -> exact GELU -> ``fc2``, hidden width 6144 = 1408 * 6144/1408, instead of SwiGLU), and the
+giant's shape (width 1408, 40 blocks, 16 heads of 88 channels). Attention is the Tiny/Small one (one fused ``qkv``
+matrix, biases on queries and values only). The ImageNet classifiers (224/336/560) average the patch tokens and apply
+``fc_norm``; the EVA-CLIP image tower ``eva_giant_patch14_clip_224`` takes the class token after a final ``norm`` and
+projects it with ``head`` to the 1024-d CLIP embedding (timm's ``global_pool="token"``, ``num_classes=1024``).
+EVA was pretrained by regressing masked CLIP features (MIM with a CLIP teacher); EVA-02 reuses that recipe with an
+EVA-CLIP teacher.
 
 The model here is the paper's math with one forward per block, for training, export and compile; CPU inference
 kernels (oneDNN fusions, packed weights) are applied by ``bettervit.optimize`` (bettervit/optimize/eva02.py).
@@ -53,6 +64,7 @@ log = logging.getLogger(__name__)
 
 Rope = tuple[Tensor, Tensor]  # (cos, signed sin) tables, see rope_tables / rotate
 POOL_TYPES = ("", "avg", "avgmax", "max", "token")
+MLP_TYPES = ("swiglu", "gelu")
 
 
 @dataclass
@@ -66,9 +78,11 @@ class Eva02Config:
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
-    mlp_ratio: float = 4 * 2 / 3  # SwiGLU hidden = int(embed_dim * mlp_ratio) = int(dim * 8/3)
+    mlp_ratio: float = 4 * 2 / 3  # MLP hidden = int(embed_dim * mlp_ratio): int(dim * 8/3) for EVA-02's SwiGLU
     qkv_fused: bool = True  # Ti/S: one qkv matrix + q_bias/v_bias; B/L: q_proj/k_proj/v_proj
-    sub_ln: bool = False  # B/L: separate gate/value SwiGLU with a LayerNorm on the hidden layer
+    sub_ln: bool = False  # B/L: split gate/value SwiGLU with a LayerNorm on the hidden layer (GELU MLP: on its hidden)
+    mlp: str = "swiglu"  # EVA-02: "swiglu"; EVA: "gelu" (fc1 -> GELU -> fc2, hidden int(embed_dim * mlp_ratio))
+    rope: bool = True  # EVA-02: 2-D RoPE on queries and keys; EVA: False (absolute position embedding only)
     rope_ref_grid: int = 16  # RoPE positions are rescaled onto this grid (the pretraining grid, 224 / 14)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -131,7 +145,7 @@ def rotate(x: Tensor, rope: Rope) -> Tensor:
 
 # --- attention ---------------------------------------------------------------------------------------------------------
 class Attention(nn.Module):
-    """Multi-head self-attention with RoPE on q and k, biases on q and v only, through SDPA."""
+    """Multi-head self-attention with RoPE on q and k (EVA-02; none for EVA), biases on q and v only, through SDPA."""
 
     def __init__(self, cfg: Eva02Config) -> None:
         super().__init__()
@@ -150,8 +164,8 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        """x (B, N, C), rope = tables (N, hd) each (see ``rope_tables``) -> (B, N, C).
+    def forward(self, x: Tensor, rope: Rope | None) -> Tensor:
+        """x (B, N, C), rope = tables (N, hd) each (see ``rope_tables``), or None (EVA: no rotation) -> (B, N, C).
 
         RoPE is applied while tokens are still (B, N, ..., nh, hd) (the tables broadcast over heads), and q, k, v
         reach SDPA as (B, nh, N, hd) views with contiguous head vectors, the layout its fused CPU/CUDA kernels read
@@ -159,6 +173,14 @@ class Attention(nn.Module):
         """
         B, N, C = x.shape
         nh, hd = self.num_heads, self.head_dim
+        if rope is None:  # EVA: plain attention
+            if self.fused:
+                bias = torch.cat([self.q_bias, self.k_bias, self.v_bias])
+                q, k, v = F.linear(x, self.qkv.weight, bias).view(B, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            else:  # 3 x (B, nh, N, hd)
+                q, k, v = (p(x).view(B, N, nh, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
+            return self.proj(x.transpose(1, 2).reshape(B, N, C))
         cos, sin = (t.unsqueeze(-2) for t in rope)  # (N, 1, hd): broadcast over heads
         if self.fused:
             bias = torch.cat([self.q_bias, self.k_bias, self.v_bias])
@@ -228,6 +250,20 @@ class SwiGLU(nn.Module):
         return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
 
+class GeluMlp(nn.Module):
+    """EVA's MLP: fc1 -> GELU (exact, erf) -> (LayerNorm on the hidden layer if ``sub_ln``) -> fc2."""
+
+    def __init__(self, cfg: Eva02Config) -> None:
+        super().__init__()
+        dim, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)  # giant: int(1408 * 6144 / 1408) = 6144
+        self.fc1 = nn.Linear(dim, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=cfg.norm_eps) if cfg.sub_ln else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.norm(F.gelu(self.fc1(x))))
+
+
 # --- block -------------------------------------------------------------------------------------------------------------
 def window_partition(x: Tensor, grid: tuple[int, int], size: int) -> Tensor:
     """Tokens (B, h*w, C) of a row-major grid -> windows (B * nw, size*size, C), the grid zero-padded on the bottom and
@@ -259,12 +295,13 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = SwiGLU(cfg) if cfg.mlp == "swiglu" else GeluMlp(cfg)
         self.drop_path = drop_path_rate
         self.window_size = window_size
 
-    def forward(self, x: Tensor, rope: Rope, grid: tuple[int, int]) -> Tensor:
-        """x (B, N, C), rope: tables for the sequence (global) or for one window, grid: the (h, w) token grid."""
+    def forward(self, x: Tensor, rope: Rope | None, grid: tuple[int, int]) -> Tensor:
+        """x (B, N, C), rope: tables for the sequence (global) or for one window (None: EVA), grid: the (h, w) token
+        grid."""
         y = self.norm1(x)
         if self.window_size:
             y = window_unpartition(self.attn(window_partition(y, grid, self.window_size), rope), grid, self.window_size)
@@ -276,7 +313,8 @@ class Block(nn.Module):
 
 # --- model -----------------------------------------------------------------------------------------------------------------
 class Eva02(Backbone):
-    """EVA-02 image classifier / headless MIM trunk / ViTDet trunk, with timm's model API.
+    """EVA-02 image classifier / headless MIM trunk / ViTDet trunk, and EVA (``rope=False, mlp="gelu"``) classifier
+    / CLIP image tower, with timm's model API.
 
     ``forward_features`` returns all tokens (B, num_prefix_tokens + h*w, C), class token first.
     """
@@ -291,8 +329,11 @@ class Eva02(Backbone):
         img = _pair(cfg.img_size)
         if img[0] % p or img[1] % p:
             raise ValueError(f"img_size must be a multiple of patch_size={p}, got {cfg.img_size}")
-        if cfg.embed_dim % cfg.num_heads or (cfg.embed_dim // cfg.num_heads) % 4:
-            raise ValueError(f"embed_dim / num_heads must be a multiple of 4, got {cfg.embed_dim}/{cfg.num_heads}")
+        if cfg.embed_dim % cfg.num_heads or (cfg.rope and (cfg.embed_dim // cfg.num_heads) % 4):
+            raise ValueError(f"embed_dim / num_heads must be a whole number (a multiple of 4 with RoPE), got "
+                             f"{cfg.embed_dim}/{cfg.num_heads}")
+        if cfg.mlp not in MLP_TYPES:
+            raise ValueError(f"mlp must be one of {MLP_TYPES}, got {cfg.mlp!r}")
         if cfg.global_pool not in POOL_TYPES or (cfg.global_pool == "token" and not cfg.class_token):
             raise ValueError(f"global_pool must be one of {POOL_TYPES} ('token' needs the class token), "
                              f"got {cfg.global_pool!r}")
@@ -348,7 +389,10 @@ class Eva02(Backbone):
     def _register_rope_buffers(self) -> None:
         """RoPE tables for the built grid (and for one window) as non-persistent buffers, in float32 (float64 for a
         float64 model) whatever the model is cast to: a compiled graph reads them as inputs instead of recomputing
-        sin/cos inside every kernel that rotates q and k, as it would for tables built in the traced code."""
+        sin/cos inside every kernel that rotates q and k, as it would for tables built in the traced code. None
+        without RoPE (EVA)."""
+        if not self.config.rope:
+            return
         ref = self.pos_embed
         dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
         for name, t in zip(("rope_cos", "rope_sin"), self._build_rope(self.grid, self.num_prefix_tokens, ref.device,
@@ -386,6 +430,8 @@ class Eva02(Backbone):
             return self.resize_pos_embed(self.pos_embed, grid, self.grid)
         if grid == self.grid:
             return self.pos_embed
+        if self.pos_embed.is_inference():  # built under inference_mode: no version counter to validate a cache with
+            return self.resize_pos_embed(self.pos_embed, grid, self.grid)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         hit = self._pos_cache.get(key)
         if hit is None or hit[0] != self.pos_embed._version:
@@ -433,12 +479,16 @@ class Eva02(Backbone):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + h*w, C)
         return x + self.pos_embed_for(grid), grid
 
-    def ropes(self, grid: tuple[int, int], x: Tensor) -> tuple[Rope, Rope]:
-        """RoPE tables for global blocks (the whole grid) and for windowed blocks (one window, no prefix tokens)."""
+    def ropes(self, grid: tuple[int, int], x: Tensor) -> tuple[Rope | None, Rope | None]:
+        """RoPE tables for global blocks (the whole grid) and for windowed blocks (one window, no prefix tokens);
+        (None, None) without RoPE (EVA)."""
+        if not self.config.rope:
+            return None, None
         rope = self.rope(grid, x.device, x.dtype)
         return rope, self.rope(grid, x.device, x.dtype, window=True) if self.config.window_size else rope
 
-    def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope, Rope], grid: tuple[int, int]) -> Tensor:
+    def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope | None, Rope | None], grid: tuple[int, int]
+                  ) -> Tensor:
         rope = ropes[1] if blk.window_size else ropes[0]
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, x, rope, grid, use_reentrant=False)
@@ -627,6 +677,31 @@ def eva02_base_patch14_448() -> Eva02Config:
 @register_model(Eva02, weights="timm/eva02_large_patch14_448.mim_in22k_ft_in22k_in1k")
 def eva02_large_patch14_448() -> Eva02Config:
     return Eva02Config(img_size=448, **_LARGE)
+
+
+# EVA (the original, ViT-g/14): no RoPE, GELU MLP of width 6144; the classifiers pool by averaging (fc_norm), the
+# EVA-CLIP image tower takes the class token (final norm) and projects it to the 1024-d CLIP embedding.
+_GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=6144 / 1408, mlp="gelu", rope=False)
+
+
+@register_model(Eva02, weights="timm/eva_giant_patch14_224.clip_ft_in1k", family="eva")
+def eva_giant_patch14_224() -> Eva02Config:
+    return Eva02Config(img_size=224, **_GIANT)
+
+
+@register_model(Eva02, weights="timm/eva_giant_patch14_336.clip_ft_in1k", family="eva")
+def eva_giant_patch14_336() -> Eva02Config:
+    return Eva02Config(img_size=336, **_GIANT)
+
+
+@register_model(Eva02, weights="timm/eva_giant_patch14_560.m30m_ft_in22k_in1k", family="eva")
+def eva_giant_patch14_560() -> Eva02Config:
+    return Eva02Config(img_size=560, **_GIANT)
+
+
+@register_model(Eva02, weights="timm/eva_giant_patch14_clip_224.laion400m", family="eva")
+def eva_giant_patch14_clip_224() -> Eva02Config:
+    return Eva02Config(img_size=224, num_classes=1024, global_pool="token", **_GIANT)
 
 
 # --- checkpoint key map ------------------------------------------------------------------------------------------------

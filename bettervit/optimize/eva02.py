@@ -1,10 +1,12 @@
-"""CPU inference pass for EVA-02: the same math as models/eva02.py, on oneDNN kernels with weights packed once.
+"""CPU inference pass for EVA-02 and EVA: the same math as models/eva02.py, on oneDNN kernels with weights packed once.
 
 ``bettervit.optimize(model)`` calls ``optimize_eva02`` on an eval copy of the model; every block is replaced by a
 ``FastBlock`` that holds only packed weights (``PackedLinear``: the plain ones are dropped, no second copy) and runs:
 
 - attention: one packed q/k/v matmul (Base/Large's three projections are concatenated into one), RoPE as one
   complex product per (q, k) pair, SDPA, then the output projection with the residual add fused in;
+- EVA (no RoPE, GELU MLP): the same attention without the rotation; the exact GELU fused into ``fc1``, the residual
+  add into ``fc2``;
 - SwiGLU: SiLU fused into the gate matmul, the gating product fused into the value matmul (Tiny/Small read the two
   halves of the packed ``fc1`` as two row ranges of one weight), the residual add fused into ``fc2``.
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..models.eva02 import Block, Eva02, Rope, window_partition, window_unpartition
+from ..models.eva02 import Block, Eva02, GeluMlp, Rope, window_partition, window_unpartition
 from . import register_pass
 from .onednn import PackedLinear
 
@@ -43,7 +45,7 @@ def complex_rotations(rope: Rope) -> Tensor:
 
 def _check(x: Tensor) -> None:
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
-        raise ValueError(f"an optimized EVA-02 runs CPU float32 inference without gradients, got {x.dtype} on "
+        raise ValueError(f"an optimized EVA(-02) runs CPU float32 inference without gradients, got {x.dtype} on "
                          f"{x.device.type}{' requiring grad' if x.requires_grad else ''}")
 
 
@@ -77,10 +79,14 @@ class FastAttention(nn.Module):
                 if name != "k_proj":
                     sd[prefix + f"{name}.bias"] = b[i * C:(i + 1) * C]
 
-    def forward(self, x: Tensor, rope: Rope, residual: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None, residual: Tensor) -> Tensor:
         B, N, C = x.shape
         nh, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x).view(B, N, 3, nh, hd)
+        if rope is None:  # EVA: no rotation
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, N, hd)
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
+            return self.proj.add(x.transpose(1, 2).reshape(B, N, C), residual)
         qk, v = qkv.split([2, 1], dim=2)
         pairs = torch.view_as_complex(qk.unflatten(-1, (-1, 2)))  # (B, N, 2, nh, hd/2) complex, a view
         qk = torch.view_as_real(pairs * complex_rotations(rope).unsqueeze(1)).flatten(-2)  # (B, N, 2, nh, hd)
@@ -123,6 +129,20 @@ class FastSwiGLU(nn.Module):
         return self.fc2.add(self.norm(hidden), residual)
 
 
+class FastGeluMlp(nn.Module):
+    """EVA's GELU MLP on packed weights; ``forward(x, residual)`` = residual + fc2(norm(gelu(fc1(x)))). The keys stay
+    the plain ``fc1`` / ``norm`` / ``fc2`` ones."""
+
+    def __init__(self, mlp: GeluMlp) -> None:
+        super().__init__()
+        self.fc1 = PackedLinear.from_linear(mlp.fc1)
+        self.norm = mlp.norm
+        self.fc2 = PackedLinear.from_linear(mlp.fc2)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.fc2.add(self.norm(self.fc1.act(x, "gelu", "none")), residual)  # "none": exact (erf) GELU
+
+
 class FastBlock(nn.Module):
     """``Block.forward`` for CPU fp32 inference: the residual adds fused into the output matmuls."""
 
@@ -130,10 +150,10 @@ class FastBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = blk.norm1, blk.norm2
         self.attn = FastAttention(blk.attn)
-        self.mlp = FastSwiGLU(blk.mlp)
+        self.mlp = FastGeluMlp(blk.mlp) if isinstance(blk.mlp, GeluMlp) else FastSwiGLU(blk.mlp)
         self.window_size = blk.window_size
 
-    def forward(self, x: Tensor, rope: Rope, grid: tuple[int, int]) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None, grid: tuple[int, int]) -> Tensor:
         _check(x)
         ws = self.window_size
         if ws:  # the residual is partitioned with the tokens, so its add stays fused (padding is cropped again)
