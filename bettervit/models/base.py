@@ -9,6 +9,7 @@ as timm's models do). The config dataclass is ``model.config``; ``create_model``
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 from torch import Tensor, nn
@@ -92,11 +93,19 @@ class Backbone(nn.Module):
         """Layer id of every parameter (0 = stem ... num_layer_ids() - 1 = head), for layer-wise LR decay."""
         return {n: self.layer_id(n) for n, _ in self.named_parameters()}
 
-    def layer_id(self, name: str) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    #: for models that are one flat ``blocks`` list: parameter-name prefixes of the embeddings (layer id 0)
+    embed_prefixes: tuple[str, ...] = ()
 
-    def num_layer_ids(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def layer_id(self, name: str) -> int:
+        """Layer id of a parameter of a flat ``blocks`` model: 0 for the embeddings (``embed_prefixes``), 1 + i for
+        block i, the last id for everything after the blocks (norms, head). Staged models override this."""
+        if name.startswith(self.embed_prefixes):
+            return 0
+        m = re.match(r"blocks\.(\d+)\.", name)
+        return 1 + int(m[1]) if m else self.num_layer_ids() - 1
+
+    def num_layer_ids(self) -> int:
+        return len(self.blocks) + 2  # embeddings, every block, what follows them
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -320,6 +320,7 @@ class Eva02(Backbone):
     """
 
     classifier_prefixes = ("head.",)
+    embed_prefixes = ("cls_token", "pos_embed", "patch_embed")  # layer id 0 (layer-wise LR decay)
     default_out_indices = 3  # features_only: the last three blocks, as timm's EVA
 
     def __init__(self, config: Eva02Config) -> None:
@@ -598,17 +599,6 @@ class Eva02(Backbone):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
-
-    def num_layer_ids(self) -> int:
-        return len(self.blocks) + 2
-
-    def layer_id(self, name: str) -> int:
-        """0: patch embedding, class token, position embedding; i + 1: block i; depth + 1: norms and head."""
-        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
-            return 0
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1
-        return len(self.blocks) + 1
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

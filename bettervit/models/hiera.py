@@ -23,7 +23,6 @@ One forward per block, for every backend; the CPU inference kernels are a separa
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -345,6 +344,7 @@ class Hiera(Backbone):
     """
 
     classifier_prefixes = ("head.fc.",)
+    embed_prefixes = ("patch_embed.", "pos_embed")  # layer id 0 (layer-wise LR decay)
     default_out_indices = 4  # features_only: the last 4 stages, i.e. all of them
     # the unroll / mask-unit reshapes give torch.export's symbolic shapes nested floor divisions it does not finish
     # simplifying: export one size per graph
@@ -625,17 +625,6 @@ class Hiera(Backbone):
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups as timm's (stem = position and patch embedding, then one group per block)."""
         return dict(stem=r"^pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    def num_layer_ids(self) -> int:
-        return len(self.blocks) + 2  # patch embed + position embedding, every block, head
-
-    def layer_id(self, name: str) -> int:
-        if name.startswith(("patch_embed.", "pos_embed")):
-            return 0
-        m = re.match(r"blocks\.(\d+)\.", name)
-        if m:
-            return 1 + int(m[1])
-        return self.num_layer_ids() - 1
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -27,7 +27,6 @@ embedding, head -> model -> variants -> checkpoint key map.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -301,6 +300,7 @@ class HieraDet(Backbone):
     """
 
     classifier_prefixes = ("head.fc.",)
+    embed_prefixes = ("patch_embed.", "pos_embed")  # layer id 0 (layer-wise LR decay)
     default_out_indices = 4  # timm: the last 4 stage outputs (all of them)
 
     def __init__(self, config: HieraDetConfig) -> None:
@@ -460,18 +460,6 @@ class HieraDet(Backbone):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups: the stem (embeddings) and one group per block."""
         return dict(stem=r"^pos_embed|pos_embed_window|patch_embed", blocks=[(r"^blocks\.(\d+)", None)])
-
-    def num_layer_ids(self) -> int:
-        return len(self.blocks) + 2  # embeddings, every block, head
-
-    def layer_id(self, name: str) -> int:
-        """0 for the patch and position embeddings, 1 + i for block i, the last id for the head (as SAM 2)."""
-        if name.startswith(("patch_embed.", "pos_embed")):
-            return 0
-        m = re.match(r"blocks\.(\d+)\.", name)
-        if m:
-            return 1 + int(m[1])
-        return self.num_layer_ids() - 1
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

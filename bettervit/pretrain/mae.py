@@ -203,12 +203,6 @@ class MaskedAutoencoderHiera(Hiera):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "decoder_pos_embed", "mask_token"}
 
-    def layer_id(self, name: str) -> int:
-        if name.startswith(("patch_embed.", "pos_embed")):
-            return 0
-        if name.startswith("blocks."):
-            return 1 + int(name.split(".")[1])
-        return self.num_layer_ids() - 1  # fusion heads, encoder norm and the decoder
 
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Official MAE-Hiera keys are ours. Encoder-only files map onto the encoder: timm's ``hiera_*_224.mae``
