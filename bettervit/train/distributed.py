@@ -57,9 +57,16 @@ def setup(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
-def cleanup() -> None:
+def cleanup(ok: bool = True) -> None:
+    """Leave the process group. After a successful run all ranks meet at a barrier first: a rank that tears gloo
+    down while a peer is still inside the last collective can abort ("terminate called without an active
+    exception"). After an error there is no barrier (the other ranks may never reach it)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if ok:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -255,11 +255,14 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Pat
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = distributed.setup(cfg.device)
+    ok = False
     try:
         p = prepare(cfg, info, resume, overwrite)
-        return _fit(p)
+        out = _fit(p)
+        ok = True
+        return out
     finally:
-        distributed.cleanup()
+        distributed.cleanup(ok)
 
 
 @dataclass
