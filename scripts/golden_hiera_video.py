@@ -1,8 +1,9 @@
 """Golden fixtures for Hiera video (run in the reference environment, see scripts/golden_common.py).
 
 Written to tests/golden/hiera/ from the official hiera-transformer package (its own key names), weights filled by
-the rule (tests/golden/fill.py). Full-size video models at 16x224 are too slow for CI, so the official
-``hiera_base_16x224`` / ``mae_hiera_base_16x224`` constructors are called with a small ``input_size``:
+the rule (tests/golden/fill.py). Full-size video models at 16x224 are too slow for CI, so Hiera-B video is built
+with a small ``input_size``: the official ``Hiera`` / ``MaskedAutoencoderHiera`` classes with the arguments of
+``hiera_base_16x224`` / ``mae_hiera_base_16x224`` (those constructors fix input_size=(16, 224, 224)):
   official_hiera_base_16x224_at<T>x<H>x<W>.safetensors
                                 logits (train mode: the official head softmaxes in eval mode) and the 4 stage maps of
                                 ``return_intermediates`` (official layout (B, t, h, w, C), first 4 channels) for one
@@ -18,12 +19,16 @@ import json
 
 import hiera
 import torch
+from hiera.hiera_mae import MaskedAutoencoderHiera
 
 from golden_common import GOLDEN, fill_module, golden_input, save_fixture
 
 OUT = GOLDEN / "hiera"
 REF_OFFICIAL = "hiera-transformer 0.1.4 (module hiera)"
 SIZES = ("base", "base_plus", "large", "huge")
+# the arguments hiera_base_16x224 passes to Hiera (Hiera-B widths and depths are Hiera's defaults)
+VIDEO = dict(num_classes=400, q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7),
+             patch_stride=(2, 4, 4), patch_padding=(1, 3, 3), sep_pos_embed=True)
 
 
 def fixed_mask(batch: int, units: int, keep: int) -> torch.Tensor:
@@ -34,7 +39,7 @@ def fixed_mask(batch: int, units: int, keep: int) -> torch.Tensor:
 
 def classifier_fixtures() -> None:
     for T, H, W in ((4, 64, 64), (8, 64, 96)):
-        model = hiera.hiera_base_16x224(pretrained=False, input_size=(T, H, W)).train()  # train: logits
+        model = hiera.Hiera(input_size=(T, H, W), **VIDEO).train()  # train: logits
         shapes = fill_module(model)
         x = golden_input((1, 3, T, H, W))
         logits, feats = model(x, return_intermediates=True)
@@ -47,7 +52,7 @@ def classifier_fixtures() -> None:
 
 def mae_fixture() -> None:
     T, H, W = 8, 64, 64
-    mae = hiera.mae_hiera_base_16x224(pretrained=False, input_size=(T, H, W)).eval()
+    mae = MaskedAutoencoderHiera(input_size=(T, H, W), q_pool=2, **VIDEO).eval()
     shapes = fill_module(mae)
     x = golden_input((2, 3, T, H, W))
     units = (T // 2) * (H // 32) * (W // 32)  # 16

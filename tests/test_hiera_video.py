@@ -242,3 +242,12 @@ def test_video_mae_loss_falls_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_optimize_pass_runs_video():
+    """bettervit.optimize's CPU inference blocks take video tokens unchanged (same unit-major layout)."""
+    model = bettervit.create_model("hiera_nano_video", num_classes=7).eval()
+    fast = bettervit.optimize(model)
+    x = torch.randn(2, 3, 4, 64, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
