@@ -124,7 +124,7 @@ def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train
     model on a batch, counted on the meta device. Raises when the model cannot run there (data-dependent shapes)."""
     model = _meta_model(name, img_size=img_size, **kwargs)
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.empty(batch, in_chans(model), h, w, device="meta")
+    x = torch.empty(batch, in_chans(model), *model_input_shape(model)[1:-2], h, w, device="meta")
     model.train(train)
     if train:
         return count_flops(lambda: step_loss(model(x)).backward())
@@ -549,7 +549,8 @@ def run_benchmark(
         ref.to(dev)
     explicit = impls is not None
     impls = list(impls) if explicit else default_impls(dev, compile, ref is not None)
-    x = torch.randn(batch_size, in_chans(ours), h, w, device=dev)
+    frames = model_input_shape(ours)[1:-2]  # video models: (T,)
+    x = torch.randn(batch_size, in_chans(ours), *frames, h, w, device=dev)
 
     if peak_tflops is None:
         if dev.type == "cuda":
