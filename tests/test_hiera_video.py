@@ -95,6 +95,12 @@ OFFICIAL_COUNTS = dict(base=(51092560, 203451850752), base_plus=(69392240, 26460
                        large=(213091600, 824260939776), huge=(671627664, 2315592728576))
 
 
+# the official mae_hiera_*_16x224 likewise, one pretraining forward at mask ratio 0.9 counted on the CPU (seed 0,
+# SDPA's math backend), as bettervit.bench.count_model counts MAE models
+OFFICIAL_MAE_COUNTS = dict(base=(79367104, 142686281728), base_plus=(98320352, 150098292736),
+                           large=(243621760, 202903367680), huge=(710861568, 372675641344))
+
+
 @pytest.mark.parametrize("size", VIDEO_SIZES)
 def test_video_parameter_and_flop_counts(size):
     """Our models count what the official ones do, and `bettervit models` (bettervit/_counts.py) shows it."""
@@ -104,6 +110,7 @@ def test_video_parameter_and_flop_counts(size):
     c = count_model(f"hiera_{size}_16x224")
     assert (c["params"], c["flops"]) == OFFICIAL_COUNTS[size]
     assert COUNTS[f"hiera_{size}_16x224"] == ((16, 224, 224), *OFFICIAL_COUNTS[size])
+    assert COUNTS[f"mae_hiera_{size}_16x224"] == ((16, 224, 224), *OFFICIAL_MAE_COUNTS[size])
 
 
 # --- token order, sizes, API ------------------------------------------------------------------------------------
