@@ -7,7 +7,9 @@ with a small ``input_size``: the official ``Hiera`` / ``MaskedAutoencoderHiera``
   official_hiera_base_16x224_at<T>x<H>x<W>.safetensors
                                 logits (train mode: the official head softmaxes in eval mode) and the 4 stage maps of
                                 ``return_intermediates`` (official layout (B, t, h, w, C), first 4 channels) for one
-                                golden clip; at 4x64x64 and 8x64x96 (non-square, 4 temporal tokens).
+                                golden clip; the stage-1 tokens in the official token order; with a fixed mask over
+                                half the units, the encoder's final tokens; at 4x64x64 and 8x64x96 (non-square, 4
+                                temporal tokens). First 4 channels throughout.
   official_mae_hiera_base_16x224_at8x64x64.safetensors
                                 official MaskedAutoencoderHiera, a batch of 2 golden clips and a fixed mask over the
                                 (t, u, v) units (True = visible): loss, every 8th masked prediction / label row.
@@ -16,6 +18,7 @@ with a small ``input_size``: the official ``Hiera`` / ``MaskedAutoencoderHiera``
     cd scripts && ../.ref/bin/python golden_hiera_video.py
 """
 import json
+import sys
 
 import hiera
 import torch
@@ -42,9 +45,16 @@ def classifier_fixtures() -> None:
         model = hiera.Hiera(input_size=(T, H, W), **VIDEO).train()  # train: logits
         shapes = fill_module(model)
         x = golden_input((1, 3, T, H, W))
+        raw = {}  # stage-1 output tokens in the official (unrolled) order, from a hook on its last block
+        hook = model.blocks[model.stage_ends[0]].register_forward_hook(lambda m, i, o: raw.setdefault("t", o))
         logits, feats = model(x, return_intermediates=True)
-        out = {"logits": logits}
+        hook.remove()
+        out = {"logits": logits, "tokens_stage0": raw["t"][..., :4]}
         out.update({f"stage{i}": f[..., :4] for i, f in enumerate(feats)})  # (1, t, h, w, 4)
+        # a mask over the (t, u, v) units (True = keep): the official forward then returns the encoder's last tokens
+        units = (T // 2) * (H // 32) * (W // 32)
+        mask = fixed_mask(1, units, keep=units // 2)
+        out["mask"], out["masked_final"] = mask.float(), model(x, mask=mask)[..., :4]
         save_fixture(OUT / f"official_hiera_base_16x224_at{T}x{H}x{W}.safetensors", out, shapes,
                      input=[1, 3, T, H, W], num_frames=T, img_size=[H, W], reference=REF_OFFICIAL)
         del model
@@ -83,5 +93,6 @@ if __name__ == "__main__":
     torch.set_grad_enabled(False)
     OUT.mkdir(parents=True, exist_ok=True)
     classifier_fixtures()
-    mae_fixture()
-    shapes_json()
+    if sys.argv[1:] != ["classifier"]:
+        mae_fixture()
+        shapes_json()

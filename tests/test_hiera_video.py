@@ -47,6 +47,12 @@ def test_golden_parity_with_official_video_classifier(tag, tmp_path):
     # after the last pooling the tokens are raster (t, h/32, w/32): forward_features is the last map, flattened
     B, t, h, w, C = maps[-1].shape
     torch.testing.assert_close(final, maps[-1].reshape(B, t * h * w, C), rtol=0, atol=0)
+    # tokens returned before every level has pooled come in the official order (levels first, units (t, u, v) last)
+    with torch.inference_mode():
+        early, _ = model.forward_intermediates(x, indices=[0], stop_early=True)
+        masked = model.forward_features(x, mask=ref["mask"].bool())
+    assert (early[..., :4] - ref["tokens_stage0"]).abs().max().item() <= 1e-4
+    assert (masked[..., :4] - ref["masked_final"]).abs().max().item() <= 1e-4
 
 
 def test_loss_parity_with_official_video_mae(tmp_path):
