@@ -125,6 +125,27 @@ def test_pretrain_video_mae_on_moving_digits(tmp_path):
     assert meta["preprocess"]["num_frames"] == 4
 
 
+def test_pretrain_video_mae_on_a_clip_folder(tmp_path):
+    """User clips: DIR/{train,val}/<class>/<clip>/ frame images; the encoder then initialises a video classifier."""
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            for k in range(4):
+                d = tmp_path / "clips" / split / c / f"clip{k}"
+                d.mkdir(parents=True)
+                for f in range(6):
+                    Image.fromarray(rng.randint(0, 255, (72, 80, 3), dtype=np.uint8)).save(d / f"{f:02d}.png")
+    out = tmp_path / "vmae"
+    argv = ["--data", str(tmp_path / "clips"), "--num-frames", "4", "--img-size", "64", "--epochs", "1",
+            "--batch-size", "8", *QUICK]
+    assert main(["pretrain", "--method", "mae", "--model", "mae_hiera_nano_video", "--output", str(out), *argv]) == 0
+    assert (out / "reconstructions.png").is_file()
+    assert main(["train", "--model", "hiera_nano_video", "--init", str(out / "last.pt"), "--output",
+                 str(tmp_path / "ft"), *argv]) == 0
+    row = json.loads((tmp_path / "ft" / "metrics.jsonl").read_text())
+    assert np.isfinite(row["train_loss"]) and 0 <= row["val_top1"] <= 100
+
+
 def test_pretrain_video_mae_resume_equals_uninterrupted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["pretrain", "--method", "mae", *VIDEO_QUICK, "--epochs", "2", "--output", str(a), "--stop-after",
