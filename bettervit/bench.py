@@ -113,12 +113,18 @@ def model_img_size(model: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def model_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """One input of the build size without the batch: (C, H, W), or (C, T, H, W) for a video model."""
+    shape = getattr(getattr(model, "config", None), "input_shape", None)
+    return tuple(shape) if shape is not None else (in_chans(model), *model_img_size(model))
+
+
 def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train: bool, **kwargs: Any) -> int:
     """FLOPs of one inference forward (``train=False``) or one training step (forward + backward) of a registered
     model on a batch, counted on the meta device. Raises when the model cannot run there (data-dependent shapes)."""
     model = _meta_model(name, img_size=img_size, **kwargs)
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.empty(batch, in_chans(model), h, w, device="meta")
+    x = torch.empty(batch, in_chans(model), *model_input_shape(model)[1:-2], h, w, device="meta")
     model.train(train)
     if train:
         return count_flops(lambda: step_loss(model(x)).backward())
@@ -127,17 +133,18 @@ def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train
 
 
 def count_model(name: str) -> dict[str, Any]:
-    """``{img_size, params, flops}`` of a registered model at its default input size, batch 1: parameters and the
-    FLOPs of one forward, built and run on the meta device (no memory, no arithmetic, so the largest variants cost what
-    the smallest do). A model that cannot run on meta (MAE's random masking selects tokens with data-dependent
+    """``{img_size, params, flops}`` of a registered model at its default input size, batch 1 (video models:
+    img_size is [T, H, W]): parameters and the FLOPs of one forward, built and run on the meta device (no memory, no
+    arithmetic, so the largest variants cost what the smallest do). A model that cannot run on meta (MAE's random masking selects tokens with data-dependent
     shapes) is counted on the CPU instead, seeded, at its default mask ratio. ``flops`` is None if neither works."""
     from . import create_model
 
     model = _meta_model(name)
     h, w = model_img_size(model)
-    res: dict[str, Any] = {"img_size": h if h == w else [h, w],
+    shape = model_input_shape(model)
+    res: dict[str, Any] = {"img_size": list(shape[1:]) if len(shape) == 4 else h if h == w else [h, w],
                            "params": sum(p.numel() for p in model.parameters()), "flops": None}
-    x = torch.empty(1, in_chans(model), h, w, device="meta")
+    x = torch.empty(1, *shape, device="meta")
     try:
         with torch.no_grad():
             res["flops"] = count_flops(lambda: model.eval()(x))
@@ -152,7 +159,7 @@ def count_model(name: str) -> dict[str, Any]:
         # the plain math: grad enabled (no CPU inference kernel hides from the counter) and SDPA's math backend (the
         # counter has no formula for the CPU flash-attention op; on meta SDPA is counted as its matmuls)
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, in_chans(cpu), h, w)))
+            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, *shape)))
     except Exception as e:  # noqa: BLE001
         log.debug("%s: cannot count FLOPs: %s", name, e)
     return res
@@ -542,7 +549,8 @@ def run_benchmark(
         ref.to(dev)
     explicit = impls is not None
     impls = list(impls) if explicit else default_impls(dev, compile, ref is not None)
-    x = torch.randn(batch_size, in_chans(ours), h, w, device=dev)
+    frames = model_input_shape(ours)[1:-2]  # video models: (T,)
+    x = torch.randn(batch_size, in_chans(ours), *frames, h, w, device=dev)
 
     if peak_tflops is None:
         if dev.type == "cuda":

@@ -97,8 +97,12 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values."""
     S = argparse.SUPPRESS
     p.add_argument("--model", default=None, help="registered model name (see `bettervit models`); required")
-    p.add_argument("--data", default=None, help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/")
+    p.add_argument("--data", default=None,
+                   help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/; video models: "
+                        "'moving-digits[:N]' (default, synthetic clips) or DIR with train/ and val/ of <class>/<clip>")
     p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
+    p.add_argument("--num-frames", type=_int_at_least(1), default=None,
+                   help="video models: frames per clip (default: the model's, e.g. 16)")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help="number of epochs (default: train 10, more for tiny training sets; see docs/training.md)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
@@ -387,7 +391,8 @@ def _build_for_inference(model_name: str, checkpoint: str | None, num_classes: i
     if meta.get("class_names") is not None:
         num_classes = len(meta["class_names"])
     img_size = img_size or (meta.get("preprocess") or {}).get("img_size")
-    model = create_model(model_name, num_classes=num_classes, img_size=img_size)
+    frames = (meta.get("preprocess") or {}).get("num_frames")  # a video run's clip length
+    model = create_model(model_name, num_classes=num_classes, img_size=img_size, **({"num_frames": frames} if frames else {}))
     weights.load_into(model, sd, source=checkpoint)
     return model, meta
 
@@ -404,14 +409,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import build_data
     from .data.augment import AugmentConfig, DeviceAugment
     from .train import distributed
-    from .train.engine import default_img_size, evaluate
+    from .train.engine import default_img_size, default_num_frames, evaluate
 
     default_img_size(args.model)  # an unknown model is reported before the checkpoint or data are read
     dev = _device(args.device)
     loaded = _read_weights(args.checkpoint)
     meta = loaded[1]
     img_size = args.img_size or (meta.get("preprocess") or {}).get("img_size") or default_img_size(args.model)
-    data = build_data(args.data, img_size)
+    frames = (meta.get("preprocess") or {}).get("num_frames") or default_num_frames(args.model)
+    data = build_data(args.data, img_size, num_frames=frames)
     names = meta.get("class_names")
     if names is not None and list(names) != data.class_names:
         raise CliError(f"{data.name} has classes {_short(data.class_names)}, the checkpoint {_short(list(names))}")

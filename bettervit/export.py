@@ -149,6 +149,8 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if getattr(getattr(model, "config", None), "num_frames", 0):
+        raise ValueError("export takes image models; video models (num_frames > 0) are not supported yet")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")

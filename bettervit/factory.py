@@ -92,8 +92,11 @@ def get_pretrained_cfg(model_name: str) -> dict[str, Any]:
         input_size=[getattr(cfg, "in_chans", 3), h, w], interpolation="bicubic", crop_pct=0.9, crop_mode="center",
         fixed_input_size=False, **copy.deepcopy(_FAMILY_CFG.get(entry.family, _IMAGENET)),
     )
+    if getattr(cfg, "num_frames", 0):  # video: (C, T, H, W), as the official Hiera video models
+        out["input_size"] = [out["input_size"][0], cfg.num_frames, h, w]
     if entry.family == "hiera" and arch.startswith("mae_"):
         out["classifier"] = None
+    out.update(copy.deepcopy(entry.pretrained_cfg or {}))
     out["mean"], out["std"] = list(out["mean"]), list(out["std"])
     return out
 
@@ -148,6 +151,9 @@ def list_pretrained(filter: str | Sequence[str] = "", exclude_filters: str | Seq
 
 def _hub_id(entry: ModelEntry, cfg: dict[str, Any]) -> str:
     hub = cfg.get("hf_hub_id") or entry.weights
+    if not hub and cfg.get("url"):
+        raise ValueError(f"{entry.name}'s weights are not on the Hugging Face hub: download {cfg['url']} and pass "
+                         f"the file as pretrained=PATH")
     if not hub:
         raise ValueError(f"{entry.name} has no default released weights; pass a checkpoint path or hub id")
     return hub
@@ -224,7 +230,8 @@ def _model_cfg(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     size = getattr(config, "img_size", None)
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
-        out["input_size"] = [getattr(config, "in_chans", 3), int(h), int(w)]
+        frames = [int(config.num_frames)] if getattr(config, "num_frames", 0) else []  # video: (C, T, H, W)
+        out["input_size"] = [getattr(config, "in_chans", 3), *frames, int(h), int(w)]
     if hasattr(model, "num_classes"):
         out["num_classes"] = model.num_classes
     return out

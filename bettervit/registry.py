@@ -20,6 +20,9 @@ class ModelEntry:
     config_fn: Callable[[], Any]  # returns a fresh config dataclass
     weights: str | None  # default hub id for pretrained=True, e.g. "timm/maxvit_tiny_tf_224.in1k"
     family: str
+    #: facts for ``pretrained_cfg`` of a variant timm has no config for (e.g. the official download URL, input
+    #: size, normalisation); merged over the family's defaults by ``bettervit.factory.get_pretrained_cfg``
+    pretrained_cfg: dict[str, Any] | None = None
 
     def config(self, **overrides: Any) -> Any:
         cfg = self.config_fn()
@@ -35,15 +38,17 @@ class ModelEntry:
 REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(model_cls: type[nn.Module], *, weights: str | None = None, family: str | None = None):
-    """Decorator for a variant: ``@register_model(MaxViT, weights="timm/...")`` over ``def name() -> Config``."""
+def register_model(model_cls: type[nn.Module], *, weights: str | None = None, family: str | None = None,
+                   pretrained_cfg: dict[str, Any] | None = None):
+    """Decorator for a variant: ``@register_model(MaxViT, weights="timm/...")`` over ``def name() -> Config``.
+    ``pretrained_cfg``: see :attr:`ModelEntry.pretrained_cfg`."""
 
     def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
         name = fn.__name__
         if name in REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         fam = family or model_cls.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = ModelEntry(name, model_cls, fn, weights, fam)
+        REGISTRY[name] = ModelEntry(name, model_cls, fn, weights, fam, pretrained_cfg)
         return fn
 
     return wrap

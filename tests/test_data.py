@@ -127,3 +127,42 @@ def test_labels_per_class_is_stratified_seeded_and_nested(tmp_path):
     assert f.size("train") == 6 and torch.equal(torch.bincount(f.labels("train")), torch.tensor([3, 3]))
     x, y = next(f.batches("train", list(range(6)), 6))
     assert x.shape[0] == 6 and torch.equal(y.sort().values, torch.tensor([0, 0, 0, 1, 1, 1]))
+
+
+# --- video: moving digits and clip folders ---------------------------------------------------------------------
+def test_moving_digits_clips_are_fixed_and_move():
+    from bettervit.data.moving_digits import bounce
+
+    d = build_data("moving-digits:12", 32, num_frames=6)
+    assert d.num_frames == 6 and d.size("train") == 12 and d.size("val") == 8 and d.class_names == [str(i) for i in range(10)]
+    x, y = next(d.batches("train", list(range(4)), 4))
+    assert x.shape == (4, 3, 6, 32, 32) and x.dtype == torch.uint8 and y.shape == (4,)
+    assert torch.equal(x[:, 0], x[:, 1])  # grey in 3 channels
+    assert all(not torch.equal(x[i, 0, 0], x[i, 0, -1]) for i in range(4))  # the digits move
+    again, y2 = next(build_data("moving-digits:12", 32, num_frames=6).batches("train", list(range(4)), 4))
+    assert torch.equal(again, x) and torch.equal(y2, y)  # a pure function of (split, index)
+    assert torch.equal(d.labels("train"), torch.tensor([lab for _, lab in d.splits["train"].samples]))
+    assert [bounce(p, 10) for p in (3, 12, 25, -4)] == [3, 8, 5, 4]  # reflected at 0 and 10
+
+
+def test_clip_folder_frames_and_gifs(tmp_path):
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in ("run", "walk"):
+            d = tmp_path / split / c
+            (d / "clip0").mkdir(parents=True)
+            for i in range(5):  # 5 frames of different brightness, named in order
+                Image.fromarray(np.full((20, 24, 3), 40 * i, dtype=np.uint8)).save(d / "clip0" / f"{i:03d}.png")
+            frames = [Image.fromarray(rng.randint(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(3)]
+            frames[0].save(d / "clip1.gif", save_all=True, append_images=frames[1:])
+            (d / "notes.txt").write_text("not a clip")
+            (d / "empty").mkdir()
+    data = build_data(str(tmp_path), 16, num_frames=3)
+    assert data.class_names == ["run", "walk"] and data.size("train") == 4 and data.skipped == 8
+    x, y = next(data.batches("val", [0, 1], 2))
+    assert x.shape == (2, 3, 3, 16, 16) and y.tolist() == [0, 0]
+    assert x[0, 0, :, 8, 8].tolist() == [0, 80, 160]  # frames 0, 2, 4: evenly spaced, first and last included
+    with pytest.raises(ValueError, match="holds no clips"):
+        (tmp_path / "x" / "train" / "a").mkdir(parents=True)
+        (tmp_path / "x" / "val" / "a").mkdir(parents=True)
+        build_data(str(tmp_path / "x"), 16, num_frames=3)

@@ -3,6 +3,10 @@
 ``build_data(spec, img_size)`` returns a ``DataBundle`` whose ``batches(split, epoch, ...)`` yields uint8 image batches
 (B, 3, H, W) and int64 labels. Batches stay uint8 until they reach the device; ``augment.DeviceAugment`` turns them
 into normalised float inputs there, batched (kornia).
+
+Video (``build_data(spec, img_size, num_frames=T)``, for video models): batches are uint8 clips (B, 3, T, H, W); the
+embedded default is synthetic moving digits (:mod:`bettervit.data.moving_digits`), user data a folder of clips
+(:mod:`bettervit.data.clips`).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ class DataBundle:
     grey: bool  # digits: predict converts images to grey first
     splits: dict[str, object] = field(repr=False)
     skipped: int = 0
+    num_frames: int = 0  # video: frames per clip (batches are (B, 3, T, H, W)); 0 for images
 
     @property
     def num_classes(self) -> int:
@@ -106,12 +111,21 @@ class DataBundle:
 
     def preprocess_info(self) -> dict:
         """Saved in checkpoints so ``predict`` prepares an image as training did."""
-        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "grey": self.grey,
-                "crop_pct": 1.0 if self.name == "digits" else CROP_PCT}
+        info = {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "grey": self.grey,
+                "crop_pct": 1.0 if self.name in ("digits", "moving-digits") else CROP_PCT}
+        if self.num_frames:
+            info["num_frames"] = self.num_frames
+        return info
 
 
-def build_data(spec: str | None, img_size: int) -> DataBundle:
-    """``spec``: ``"digits"`` (default) or a folder holding ``train/`` and ``val/`` class subfolders."""
+def build_data(spec: str | None, img_size: int, num_frames: int = 0) -> DataBundle:
+    """``spec``: ``"digits"`` (default) or a folder holding ``train/`` and ``val/`` class subfolders.
+
+    With ``num_frames`` > 0 (video models) the data are clips of that many frames: ``"digits"`` / ``"moving-digits"``
+    (default) / ``"moving-digits:N"`` (N training clips) for synthetic moving digits, or a folder whose class
+    subfolders hold clips (see :mod:`bettervit.data.clips`)."""
+    if num_frames:
+        return build_clip_data(spec, img_size, num_frames)
     if spec in (None, "", "digits"):
         from .digits import CLASS_NAMES, load_digits_split
 
@@ -135,3 +149,40 @@ def build_data(spec: str | None, img_size: int) -> DataBundle:
             raise ValueError(f"data directory {root / name} holds no readable images")
     return DataBundle(str(root), classes, img_size, load_size, IMAGENET_MEAN, IMAGENET_STD, False,
                       {"train": train, "val": val}, skipped=train.skipped + val.skipped)
+
+
+def build_clip_data(spec: str | None, img_size: int, num_frames: int) -> DataBundle:
+    """Clips of ``num_frames`` frames: synthetic moving digits or a clip folder (see :func:`build_data`)."""
+    spec = spec or "moving-digits"
+    name, _, count = spec.partition(":")
+    if name in ("digits", "moving-digits") and not Path(spec).expanduser().is_dir():
+        from .moving_digits import CLASS_NAMES, DEFAULT_TRAIN_CLIPS, MovingDigitsSplit, val_clips_for
+
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"--data {spec}: expected moving-digits or moving-digits:N with N >= 1 training clips")
+        n = int(count) if count else DEFAULT_TRAIN_CLIPS
+        train = MovingDigitsSplit("train", n, img_size, num_frames)
+        val = MovingDigitsSplit("val", val_clips_for(n), img_size, num_frames)
+        return DataBundle("moving-digits", list(CLASS_NAMES), img_size, img_size, DIGITS_MEAN, DIGITS_STD, True,
+                          {"train": train, "val": val}, num_frames=num_frames)
+    from .clips import ClipFolderSplit
+
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data directory not found: {spec} (expected 'moving-digits' or a folder with train/ and val/ "
+                         f"holding <class>/<clip> frame folders or GIFs)")
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise ValueError(f"data directory {root} has no {sub}/ subfolder (expected {root}/{{train,val}}/<class>/<clip>/)")
+    classes = list_classes(root / "train")
+    if not classes:
+        raise ValueError(f"data directory {root / 'train'} has no class subfolders")
+    load_size = max(img_size, round(img_size / CROP_PCT))
+    train = ClipFolderSplit(root / "train", classes, load_size, load_size, num_frames)
+    val = ClipFolderSplit(root / "val", classes, load_size, img_size, num_frames)
+    for name, s in (("train", train), ("val", val)):
+        if len(s) == 0:
+            raise ValueError(f"data directory {root / name} holds no clips (expected <class>/<clip>/ folders of frame "
+                             f"images, or animated GIFs)")
+    return DataBundle(str(root), classes, img_size, load_size, IMAGENET_MEAN, IMAGENET_STD, False,
+                      {"train": train, "val": val}, skipped=train.skipped + val.skipped, num_frames=num_frames)

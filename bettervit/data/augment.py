@@ -29,7 +29,7 @@ class AugmentConfig:
 
     @classmethod
     def for_data(cls, data_name: str) -> "AugmentConfig":
-        if data_name == "digits":
+        if data_name in ("digits", "moving-digits"):
             return cls(crop_scale=(0.7, 1.0), crop_ratio=(0.85, 1.18), hflip=0.0, randaugment=None, label_smoothing=0.1)
         return cls()
 
@@ -45,9 +45,14 @@ class DeviceAugment(nn.Module):
         ]
         if cfg.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=cfg.hflip))
+        # clips (B, C, T, H, W): the geometric ops only, applied to (B, C*T, H, W) so every frame of a clip gets the
+        # same crop and flip (the ops treat channels alike); no RandAugment / mixup / cutmix for video
+        self.clip_ops = nn.Sequential(*ops)
         if cfg.randaugment is not None:
             ops.append(K.auto.RandAugment(n=cfg.randaugment[0], m=cfg.randaugment[1]))
         self.train_ops = nn.Sequential(*ops)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.normalize = K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std))
         self.mixup = K.RandomMixUpV2(p=1.0, data_keys=["input", "class"]) if cfg.mixup > 0 else None
         self.cutmix = (
@@ -60,7 +65,12 @@ class DeviceAugment(nn.Module):
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 images, int labels -> normalised images (B, 3, S, S), soft targets (B, num_classes)."""
+        """uint8 images, int labels -> normalised images (B, 3, S, S), soft targets (B, num_classes). Clips
+        (B, 3, T, H, W) -> (B, 3, T, S, S): one random crop / flip per clip."""
+        if x.ndim == 5:
+            B, C, T, H, W = x.shape
+            z = self.clip_ops(x.float().div(255).reshape(B, C * T, H, W))  # (B, C*T, S, S)
+            return self._normalize_clips(z.reshape(B, C, T, *z.shape[-2:])), self.soft_targets(y)
         x = self.train_ops(x.float() / 255)
         x = self.normalize(x)
         target = self.soft_targets(y)
@@ -73,8 +83,18 @@ class DeviceAugment(nn.Module):
             target = mixed_soft_target(lab[0], self.num_classes, self.cfg.label_smoothing, share_of_b=False)
         return x, target
 
+    def _normalize_clips(self, x: Tensor) -> Tensor:  # (B, C, T, H, W) in [0, 1]
+        return (x - self.mean.view(1, -1, 1, 1, 1)) / self.std.view(1, -1, 1, 1, 1)
+
     @torch.no_grad()
     def eval_batch(self, x: Tensor) -> Tensor:
+        if x.ndim == 5:  # clips: every frame resized to img_size if needed
+            B, C, T, H, W = x.shape
+            z = x.float().div(255)
+            if (H, W) != (self.img_size, self.img_size):
+                z = F.interpolate(z.reshape(B, C * T, H, W), size=(self.img_size, self.img_size), mode="bilinear",
+                                  align_corners=False).reshape(B, C, T, self.img_size, self.img_size)
+            return self._normalize_clips(z)
         x = x.float() / 255
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)

@@ -17,12 +17,18 @@ attention over (B * units, tokens-per-unit), and MAE can drop masked units by in
 Any input whose sides are multiples of 32 (one mask unit) runs, square or not; the position embedding is resampled
 to the input's grid. The model API (forward_intermediates, feature_info, prune / reset) follows timm's Hiera.
 
+Video (the paper's Kinetics models, ``hiera_*_16x224``; ``HieraConfig.num_frames > 0``) is the same model over clips
+(B, C, T, H, W): a 3x7x7 stride-2x4x4 patch conv, a separable position embedding (spatial + temporal, the official
+names) and mask units of 1x8x8 tokens, so the blocks are unchanged; see the token-order note above ``unroll``.
+
 The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
-map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load.
+map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load
+(video: timm has no video Hiera; the official names, which are ours but for the head, likewise).
 One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -63,6 +69,14 @@ class HieraConfig:
     norm_eps: float = 1e-6
     head_init_scale: float = 0.001
     head_dropout: float | None = None  # older name of drop_rate; when given it sets drop_rate
+    # Video (the paper's Kinetics models, sec. 4): num_frames > 0 builds the video model. The patch embed is a 3-D
+    # conv (patch_kernel_t x k x k, stride patch_stride_t x s x s), the position embedding is separable (spatial +
+    # temporal) and mask units are 1 x 8 x 8 tokens: pooling and mask units never cross frames (temporal q_stride 1,
+    # as every official video model). 0 = the image model.
+    num_frames: int = 0
+    patch_kernel_t: int = 3
+    patch_stride_t: int = 2
+    patch_padding_t: int = 1
 
     def __post_init__(self) -> None:
         if self.head_dropout is not None:
@@ -106,6 +120,21 @@ class HieraConfig:
         return len(self.stages) - 1
 
     @property
+    def is_video(self) -> bool:
+        return self.num_frames > 0
+
+    @property
+    def frames_t(self) -> int:
+        """Temporal tokens of the build size (8 for 16 frames): the length of the temporal position embedding."""
+        return self.num_frames // self.patch_stride_t
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input of the build size without the batch: (C, H, W), or (C, T, H, W) for video."""
+        H, W = self.img_hw
+        return (self.in_chans, self.num_frames, H, W) if self.is_video else (self.in_chans, H, W)
+
+    @property
     def stage_ends(self) -> list[int]:
         return [sum(self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
 
@@ -124,6 +153,9 @@ class HieraConfig:
             raise ValueError(f"Hiera img_size must be a positive multiple of {self.multiple} per side, got {self.img_size}")
         if self.global_pool not in POOL_TYPES:
             raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {self.global_pool!r}")
+        if self.num_frames < 0 or self.num_frames % self.patch_stride_t:
+            raise ValueError(f"Hiera num_frames must be 0 (image model) or a positive multiple of patch_stride_t = "
+                             f"{self.patch_stride_t}, got {self.num_frames}")
 
 
 POOL_TYPES = ("", "avg", "max", "avgmax")
@@ -143,6 +175,14 @@ POOL_TYPES = ("", "avg", "max", "avgmax")
 #   - what pooling leaves is again in this order, one level shorter: (u, v | a2, b2 | a3, b3), and so on.
 # The official code orders (a1, b1, a2, b2, a3, b3 | u, v): same pooling trick, but units are strided, not
 # contiguous, which forces 5-D attention tensors. After every level has been pooled the order is raster (u, v).
+#
+# Video (temporal pooling stride 1, mask units 1 x 8 x 8) adds one outer unit axis and nothing else: every frame's
+# (h, w) grid is unrolled as above and the frames are stacked outermost, so the order is
+#     (t, u, v | a1, b1 | a2, b2 | a3, b3)
+# -- a mask unit is still a contiguous run of 64 tokens, units are (t, u, v) in raster order, and the blocks (which
+# derive the unit count from N) run unchanged. The official 3-D unroll gives (a1, b1 | a2, b2 | a3, b3 | t, u, v):
+# again the same levels with the units last, so the one map to the official order (``Hiera._to_timm_order``) serves
+# both. After the last pooling both are raster (t, h/32, w/32).
 def unroll(x: Tensor, levels: int, stride: int = 2) -> Tensor:
     """(B, H, W, C) raster tokens -> (B, H*W, C) in mask-unit-major order with ``levels`` pooling levels."""
     B, H, W, C = x.shape
@@ -293,18 +333,23 @@ class HieraBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """7x7 stride-4 convolution; ``mask`` (B, 1, H, W), 1 = keep, zeroes pixels first so nothing leaks out of
-    masked units through the overlapping kernel."""
+    """7x7 stride-4 convolution (video: 3x7x7, stride 2x4x4); ``mask`` (B, 1, H, W) or (B, 1, T, H, W), 1 = keep,
+    zeroes pixels first so nothing leaks out of masked units through the overlapping kernel."""
 
     def __init__(self, cfg: HieraConfig) -> None:
         super().__init__()
         k, s, p = cfg.patch_kernel, cfg.patch_stride, cfg.patch_padding
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=k, stride=s, padding=p)
+        if cfg.is_video:
+            kt, st, pt = cfg.patch_kernel_t, cfg.patch_stride_t, cfg.patch_padding_t
+            self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=(kt, k, k), stride=(st, s, s),
+                                  padding=(pt, p, p))
+        else:
+            self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=k, stride=s, padding=p)
 
     def forward(self, x: Tensor, pixel_mask: Tensor | None = None) -> Tensor:
         if pixel_mask is not None:
             x = x * pixel_mask
-        return self.proj(x)  # (B, C, H/4, W/4)
+        return self.proj(x)  # (B, C, H/4, W/4), video (B, C, T/2, H/4, W/4)
 
 
 def global_pool(x: Tensor, pool_type: str) -> Tensor:
@@ -357,7 +402,11 @@ class Hiera(Backbone):
         self.num_classes = cfg.num_classes
         self.patch_embed = PatchEmbed(cfg)
         h, w = cfg.token_grid
-        self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))  # raster order, build-size grid
+        if cfg.is_video:  # separable, as the official video models: spatial (raster h, w) + temporal (t)
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, cfg.frames_t, cfg.embed_dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))  # raster order, build-size grid
         self._pos_cache: dict = {}  # run-time grid -> resampled position embedding (see pos_embed_for)
 
         depth, ends = sum(cfg.stages), cfg.stage_ends
@@ -394,9 +443,10 @@ class Hiera(Backbone):
         self.head = Head(self.num_features, self.config.num_classes, self.config)
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for name in self.pos_embed_names:
+            nn.init.trunc_normal_(getattr(self, name), std=0.02)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -404,16 +454,21 @@ class Hiera(Backbone):
             self.head.fc.weight.data.mul_(self.config.head_init_scale)
 
     # --- position embedding at the input's grid -----------------------------------------------------------------
+    @property
+    def pos_embed_names(self) -> tuple[str, ...]:
+        """The position-embedding parameters: ``pos_embed``, or for video the separable pair."""
+        return ("pos_embed_spatial", "pos_embed_temporal") if self.config.is_video else ("pos_embed",)
+
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The (1, h*w, C) raster position embedding for a token grid: the stored one at the build size, else
         resampled from it (bicubic, no antialias). Resampled tables are cached per grid for inference; with
         autograd on (training) or while compiling / exporting they are recomputed so gradients and graphs see them.
         The cache is a plain attribute (not in the state dict) checked against the parameter's version counter and
-        storage, so ``load_state_dict``, optimizer steps and ``.to()`` refresh it."""
+        storage, so ``load_state_dict``, optimizer steps and ``.to()`` refresh it. Video: the spatial part."""
         base = self.config.token_grid
+        pos = self.pos_embed_spatial if self.config.is_video else self.pos_embed
         if tuple(grid) == base:
-            return self.pos_embed
-        pos = self.pos_embed
+            return pos
         if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or _exporting():
             return resample_abs_pos_embed(pos, grid, base)
         key = (tuple(grid), pos.device, pos.dtype)
@@ -422,6 +477,15 @@ class Hiera(Backbone):
         if hit is None or hit[0] != stamp:
             hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base))
         return hit[1]
+
+    def pos_embed_temporal_for(self, t: int) -> Tensor:
+        """Video: the (1, t, C) temporal position embedding for ``t`` temporal tokens: the stored one at the build
+        frame count, else linearly interpolated from it (align_corners=False), the 1-D analogue of the spatial
+        resampling. A few rows: recomputed each call, never cached."""
+        pos = self.pos_embed_temporal
+        if t == pos.shape[1]:
+            return pos
+        return resample_temporal(pos, t)
 
     def _apply(self, fn, recurse=True):
         self._pos_cache.clear()  # tables follow the module's device / dtype
@@ -433,23 +497,47 @@ class Hiera(Backbone):
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def _check(self, x: Tensor) -> None:
-        self.check_input(x, self.config.multiple)
+    def _check(self, x: Tensor, fixed: tuple[int, ...] | None = None) -> None:
+        """One-line ValueError for an input this model cannot take; ``fixed``: the only (T,) H, W it runs at."""
+        cfg = self.config
+        if not cfg.is_video:
+            if x.ndim == 5:
+                raise ValueError(f"{type(self).__name__} is an image model: expected (B, C, H, W), got a 5-D batch "
+                                 f"{tuple(x.shape)} (video models, e.g. hiera_base_16x224, take (B, C, T, H, W))")
+            self.check_input(x, cfg.multiple, fixed=fixed)
+            return
+        if x.ndim != 5:
+            raise ValueError(f"{type(self).__name__} is a video model: expected a 5-D clip batch (B, C, T, H, W), "
+                             f"got shape {tuple(x.shape)}")
+        T, st = x.shape[2], cfg.patch_stride_t
+        if T == 0 or T % st:
+            raise ValueError(f"{type(self).__name__}: the frame count must be a positive multiple of {st}, got {T}")
+        if fixed is not None and T != fixed[0]:
+            raise ValueError(f"{type(self).__name__} was built for {fixed[0]} frames, got {T}")
+        self.check_input(x[:, :, 0], cfg.multiple, fixed=None if fixed is None else fixed[1:])
 
-    def _check_mask(self, mask: Tensor, x: Tensor) -> None:
+    def num_units_of(self, x: Tensor) -> int:
+        """Mask units of an input: (H/32) * (W/32), times T/2 for video; raster (t,) u, v."""
         m = self.config.multiple
         units = (x.shape[-2] // m) * (x.shape[-1] // m)
+        return units * (x.shape[2] // self.config.patch_stride_t) if self.config.is_video else units
+
+    def _check_mask(self, mask: Tensor, x: Tensor) -> None:
+        units = self.num_units_of(x)
         if mask.dtype != torch.bool or tuple(mask.shape) != (x.shape[0], units):
             raise ValueError(f"mask must be a bool tensor of shape {(x.shape[0], units)} (True = keep the mask "
                              f"unit), got {mask.dtype} {tuple(mask.shape)}")
 
-    def embed(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+    def embed(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, ...]]:
         """Images -> ((B, N, C) tokens in mask-unit-major order with position embeddings, token grid (h, w)).
 
         ``visible`` (B, units) bool, True = keep, units in raster order over the input's unit grid: pixels of the
         other units are zeroed before the patch conv and their tokens dropped, leaving (B, n_visible * 64, C).
+        Video clips (B, C, T, H, W): see :meth:`embed_video`; the grid is then (t, h, w).
         """
         cfg = self.config
+        if cfg.is_video:
+            return self.embed_video(x, visible)
         pixel_mask = None
         if visible is not None:
             uh, uw, p = x.shape[-2] // cfg.multiple, x.shape[-1] // cfg.multiple, cfg.multiple
@@ -464,6 +552,32 @@ class Hiera(Backbone):
             B, N, C = x.shape
             x = x.view(B, visible.shape[1], -1, C)[visible].view(B, -1, C)  # keep whole visible units
         return x, grid
+
+    def embed_video(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, int, int]]:
+        """Clips (B, C, T, H, W) -> ((B, t*h*w, C) tokens, token grid (t, h, w)), t = T / patch_stride_t.
+
+        Tokens are frame-major, each frame unrolled as an image (see the token-order note above ``unroll``), so mask
+        units (t, u, v) are contiguous runs in raster order. ``visible`` (B, units) is over those units. A temporal
+        unit covers patch_stride_t frames, whose pixels are zeroed together (the official code resizes the unit mask
+        to the frames by nearest interpolation: frame i belongs to temporal unit i // patch_stride_t).
+        """
+        cfg = self.config
+        pixel_mask = None
+        if visible is not None:
+            T, H, W = x.shape[2:]
+            ut, uh, uw, p, st = T // cfg.patch_stride_t, H // cfg.multiple, W // cfg.multiple, cfg.multiple, cfg.patch_stride_t
+            pixel_mask = visible.view(-1, 1, ut, 1, uh, 1, uw, 1).expand(-1, -1, -1, st, -1, p, -1, p)
+            pixel_mask = pixel_mask.reshape(-1, 1, T, H, W).to(x.dtype)  # (B, 1, T, H, W)
+        x = self.patch_embed(x, pixel_mask)  # (B, C, t, h, w)
+        B, C, t, h, w = x.shape
+        x = unroll(x.permute(0, 2, 3, 4, 1).reshape(B * t, h, w, C), cfg.num_unroll, cfg.q_stride)  # (B*t, h*w, C)
+        spatial = unroll(self.pos_embed_for((h, w)).view(1, h, w, C), cfg.num_unroll, cfg.q_stride)  # (1, h*w, C)
+        # spatial + temporal first, then added to the tokens: the official order of the sums
+        pos = spatial.view(1, 1, h * w, C) + self.pos_embed_temporal_for(t).view(1, t, 1, C)  # (1, t, h*w, C)
+        x = (x.view(B, t, h * w, C) + pos).view(B, t * h * w, C)
+        if visible is not None:
+            x = x.view(B, visible.shape[1], -1, C)[visible].view(B, -1, C)  # keep whole visible units
+        return x, (t, h, w)
 
     def _pools_by(self, block: int) -> int:
         """Poolings done by the end of ``block``."""
@@ -509,17 +623,25 @@ class Hiera(Backbone):
         per_unit = self.config.q_stride ** (2 * levels)
         return x.view(B, N // per_unit, per_unit, C).transpose(1, 2).reshape(B, N, C)
 
-    def _to_map(self, t: Tensor, block: int, grid: tuple[int, int], units: int | None) -> Tensor:
-        """Block output tokens -> (B, h, w, C) raster map, or with a mask (B, visible units, m, m, C)."""
+    def _to_map(self, t: Tensor, block: int, grid: tuple[int, ...], units: int | None) -> Tensor:
+        """Block output tokens -> (B, h, w, C) raster map, or with a mask (B, visible units, m, m, C).
+        Video (grid (t, h, w)): (B, t, h, w, C), or with a mask (B, visible units, 1, m, m, C) as the official
+        Reroll returns it (a unit spans one temporal token)."""
         cfg = self.config
         pools, levels = self._pools_by(block), cfg.num_unroll - self._pools_by(block)
         if units is not None:
-            return reroll_units(t, units, levels, cfg.q_stride)
-        side = (grid[0] // cfg.q_stride**pools, grid[1] // cfg.q_stride**pools)
-        return reroll(t, side, levels, cfg.q_stride)
+            m = reroll_units(t, units, levels, cfg.q_stride)
+            return m.unsqueeze(2) if len(grid) == 3 else m
+        side = (grid[-2] // cfg.q_stride**pools, grid[-1] // cfg.q_stride**pools)
+        if len(grid) == 2:
+            return reroll(t, side, levels, cfg.q_stride)
+        B, N, C = t.shape  # frame-major: each frame's tokens are one image's unrolled tokens
+        frames = reroll(t.reshape(B * grid[0], N // grid[0], C), side, levels, cfg.q_stride)  # (B*t, h, w, C)
+        return frames.view(B, grid[0], *side, C)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, C, H, W) -> (B, N, C_last) tokens (raster (H/32, W/32) once all three poolings have run).
+        """(B, C, H, W) -> (B, N, C_last) tokens (raster (H/32, W/32) once all three poolings have run); video
+        (B, C, T, H, W) -> raster (T/2, H/32, W/32) tokens, the official order.
 
         ``mask`` (B, units) bool, True = keep (timm's meaning): only those mask units are encoded."""
         if mask is not None:
@@ -555,14 +677,22 @@ class Hiera(Backbone):
         ``mask`` (B, units) bool, True = keep: only those mask units run, and each map is per unit,
         (B, kept units, m, m, C) (``output_fmt='NHWC'`` only, as timm). ``norm`` is refused, as by timm: Hiera has
         no norm over its stage maps (the head's norm comes after pooling).
+
+        Video models return 5-D maps: channels first (B, C, t, h, w) for ``'NCHW'`` (the default, so features_only
+        works unchanged) or its alias ``'NCTHW'``, channels last (B, t, h, w, C) for ``'NHWC'`` / ``'NTHWC'`` (the
+        official ``return_intermediates`` layout); t = T / 2 at every stage (no temporal pooling). With a mask:
+        (B, kept units, 1, m, m, C), channels last only.
         """
+        video = self.config.is_video
+        fmts = ("NCHW", "NHWC", "NCTHW", "NTHWC") if video else ("NCHW", "NHWC")
         if norm:
             raise ValueError("Hiera has no norm for intermediate features; pass norm=False")
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if output_fmt not in fmts:
+            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, fmts))}, got {output_fmt!r}")
+        channels_last = output_fmt in ("NHWC", "NTHWC")
         if mask is not None:
             self._check_mask(mask, x)
-            if output_fmt != "NHWC":
+            if not channels_last:
                 raise ValueError("with a mask the maps are per mask unit (B, units, m, m, C): pass output_fmt='NHWC'")
         taps = self._taps(coarse)
         take, last = feature_take_indices(len(taps), indices)
@@ -574,7 +704,9 @@ class Hiera(Backbone):
         maps = []
         for block, t in zip(blocks, outs):
             m = self._to_map(t, block, grid, units)
-            maps.append(m.permute(0, 3, 1, 2) if output_fmt == "NCHW" else m)
+            if not channels_last:  # (B, [t,] h, w, C) -> (B, C, [t,] h, w)
+                m = m.permute(0, m.ndim - 1, *range(1, m.ndim - 1))
+            maps.append(m)
         if intermediates_only:
             return maps
         return self._to_timm_order(x, min(last_block, len(self.blocks) - 1)), maps
@@ -611,7 +743,7 @@ class Hiera(Backbone):
         if reset_other:
             self.head.norm = nn.Identity()
         self.num_classes = self.config.num_classes = num_classes
-        ref = self.pos_embed
+        ref = self.patch_embed.proj.weight
         self.head.fc = (
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0 else nn.Identity()
@@ -620,7 +752,7 @@ class Hiera(Backbone):
 
     # --- training helpers ---------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed"}
+        return set(self.pos_embed_names)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups as timm's (stem = position and patch embedding, then one group per block)."""
@@ -678,6 +810,45 @@ def hiera_nano() -> HieraConfig:
     return HieraConfig(embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64)
 
 
+@register_model(Hiera, family="hiera")
+def hiera_nano_video() -> HieraConfig:
+    """hiera_nano for clips, for quick experiments, demos and tests (not a released model): 8 frames of 64 px ->
+    4 x 16 x 16 tokens, 4 x 2 x 2 mask units."""
+    return HieraConfig(embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, num_frames=8)
+
+
+# Video variants: the official Kinetics-400 models (Ryali et al., sec. 4 / table 3; facebookresearch/hiera
+# ``hiera_*_16x224``): 16 frames at 224 px, 400 classes. Their weights are not on the Hugging Face hub; the official
+# files (dl.fbaipublicfiles.com) load as they are (pretrained=PATH). Normalisation: the official code uses the
+# ImageNet mean / std for Kinetics too.
+VIDEO_SIZES = ("base", "base_plus", "large", "huge")
+OFFICIAL_URL = "https://dl.fbaipublicfiles.com/hiera/{name}.pth"
+
+
+def _register_video(size: str) -> None:
+    name = f"hiera_{size}_16x224"
+
+    def variant() -> HieraConfig:
+        return HieraConfig(**SIZES[size], num_frames=16, num_classes=400)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f"Hiera-{size} for video, 16 frames at 224x224 (MAE K400 pretrained, K400 fine-tuned weights)."
+    cfg = dict(url=OFFICIAL_URL.format(name=name), tag="mae_k400_ft_k400", num_classes=400,
+               input_size=[3, 16, 224, 224], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+               license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
+    register_model(Hiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
+
+
+for _size in VIDEO_SIZES:
+    _register_video(_size)
+
+
+def resample_temporal(pos: Tensor, t: int) -> Tensor:
+    """(1, t0, C) temporal position embedding -> (1, t, C), linear interpolation (align_corners=False), in fp32."""
+    out = F.interpolate(pos.float().transpose(1, 2), size=t, mode="linear", align_corners=False)  # (1, C, t)
+    return out.transpose(1, 2).to(pos.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoint key map
 # ---------------------------------------------------------------------------------------------------------------
@@ -687,6 +858,8 @@ def hiera_nano() -> HieraConfig:
 # official MAE checkpoints (mae_hiera_*_224.pth) loaded into the classifier: the encoder keys are ours; the MAE
 #   "encoder_norm" (the norm over the fused features) initialises head.norm, as timm does; the decoder, mask token
 #   and fusion heads are dropped.
+# official video models (hiera_*_16x224.pth, mae_hiera_*_16x224.pth): the same keys, with pos_embed_spatial /
+#   pos_embed_temporal (ours too) in place of pos_embed and a 5-D patch_embed.proj.weight.
 _MAE_ONLY = ("decoder_", "mask_token", "multi_scale_fusion_heads.")
 
 
@@ -703,8 +876,10 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
             k = "head." + k
         elif k.startswith("encoder_norm.") and is_mae:
             k = "head.norm." + k.removeprefix("encoder_norm.")
-        if k == "pos_embed":
+        if k in ("pos_embed", "pos_embed_spatial") and v.shape[1] != math.prod(model.config.token_grid):
             v = resample_abs_pos_embed(v, model.config.token_grid)  # from a square grid
+        elif k == "pos_embed_temporal" and v.shape[1] != model.config.frames_t:
+            v = resample_temporal(v, model.config.frames_t)
         out[k] = v
     return out
 

@@ -11,8 +11,15 @@ fusion"), then normed. A light decoder (512-d, 8 blocks, 16 heads, global attent
 learned mask token and predicts each 16x16 pixel patch, normalised by its own mean and variance; the loss is the
 MSE on the masked patches only.
 
+Video (the paper's Kinetics MAE, ``mae_hiera_*_16x224``): the same model over clips. Mask units are 1 x 8 x 8
+tokens, i.e. 2 frames x 32 x 32 pixels, sampled over the (t, u, v) unit grid with ratio 0.9 (the paper's video
+default); the fusion convolutions are 3-D with a temporal kernel of 1, the decoder attends over all (t, h/16, w/16)
+tokens with one joint position embedding, and each prediction token reconstructs the *first* frame of its 2-frame
+slot (time-strided targets, as the official ``get_pixel_label_3d``), its pixels flattened (y, x, c).
+
 Layout follows facebookresearch/mae: ``forward_encoder`` / ``forward_decoder`` / ``forward_loss``. Parameter names
-equal the official ``hiera-transformer`` MAE checkpoints, so ``mae_hiera_*_224.pth`` loads directly.
+equal the official ``hiera-transformer`` MAE checkpoints, so ``mae_hiera_*_224.pth`` and ``mae_hiera_*_16x224.pth``
+load directly.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..models.hiera import SIZES, Hiera, HieraBlock, HieraConfig, reroll_units
+from ..models.hiera import SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units
 from ..registry import register_model
 
 
@@ -41,7 +48,7 @@ class MAEHieraConfig(HieraConfig):
 
 class MAEOutput(NamedTuple):
     loss: Tensor  # scalar: MSE over the masked patches
-    pred: Tensor  # (B, L, p*p*C) predictions for every 16x16 patch, raster order, values (c, y, x)
+    pred: Tensor  # (B, L, p*p*C) predictions for every 16x16 patch, raster order, values (c, y, x); video (y, x, c)
     target: Tensor  # (B, L, p*p*C) the (normalised) pixels of every patch, same layout
     mask: Tensor  # (B, units) bool, True = VISIBLE (kept), False = masked (as the official Hiera code)
 
@@ -74,18 +81,25 @@ class MaskedAutoencoderHiera(Hiera):
         self.encoder_norm = nn.LayerNorm(enc_dim, eps=cfg.norm_eps)
         # tokens per mask-unit side at the end of the encoder (2 at the default 8 / 2**2)
         self.final_unit = cfg.mask_unit_size // cfg.q_stride**cfg.q_pool
-        self.final_side = cfg.tokens_side // cfg.q_stride**cfg.q_pool
+        h, w = cfg.token_grid
+        self.final_grid = (h // cfg.q_stride**cfg.q_pool, w // cfg.q_stride**cfg.q_pool)  # prediction grid (16 px)
+        self.units_grid = (h // cfg.mask_unit_size, w // cfg.mask_unit_size)  # mask units per column / row
+        self.frames_t = cfg.frames_t if cfg.is_video else 1  # temporal tokens (and unit rows): 1 for images
 
         # stage s (s < q_pool) sees units of mask_unit_size / q_stride**s tokens; a conv with kernel = stride
-        # brings them to final_unit x final_unit, then they are summed with the last stage.
+        # brings them to final_unit x final_unit, then they are summed with the last stage. Video: the same conv
+        # in 3-D with a temporal kernel of 1 (a unit is one temporal token thick), as the official model.
         self.multi_scale_fusion_heads = nn.ModuleList()
         for s, end in enumerate(cfg.stage_ends[: cfg.q_pool]):
             k = cfg.mask_unit_size // cfg.q_stride**s // self.final_unit
-            self.multi_scale_fusion_heads.append(nn.Conv2d(dims[end], enc_dim, kernel_size=k, stride=k))
+            conv = (nn.Conv3d(dims[end], enc_dim, kernel_size=(1, k, k), stride=(1, k, k)) if cfg.is_video else
+                    nn.Conv2d(dims[end], enc_dim, kernel_size=k, stride=k))
+            self.multi_scale_fusion_heads.append(conv)
 
         self.decoder_embed = nn.Linear(enc_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.final_side**2, cfg.decoder_dim))
+        # raster over the prediction grid, (t,) h/16, w/16
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.frames_t * math.prod(self.final_grid), cfg.decoder_dim))
         self.decoder_blocks = nn.ModuleList(
             HieraBlock(cfg.decoder_dim, cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio, eps=cfg.norm_eps)
             for _ in range(cfg.decoder_depth)
@@ -109,12 +123,15 @@ class MaskedAutoencoderHiera(Hiera):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
     # --- MAE ----------------------------------------------------------------------------------------------------
-    def _check(self, x: Tensor) -> None:  # the decoder's position embedding and the mask fix the input size
-        self.check_input(x, self.config.multiple, fixed=self.config.img_hw)
+    def _check(self, x: Tensor, fixed: tuple[int, ...] | None = None) -> None:
+        # the decoder's position embedding and the mask fix the input size
+        cfg = self.config
+        super()._check(x, fixed=(cfg.num_frames, *cfg.img_hw) if cfg.is_video else cfg.img_hw)
 
     @property
     def num_units(self) -> int:
-        return self.config.units_side**2
+        """Mask units of the build size, raster (t,) u, v."""
+        return self.frames_t * math.prod(self.units_grid)
 
     def random_mask(self, x: Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> Tensor:
         """(B, units) bool, True = visible. See :func:`random_unit_mask`."""
@@ -131,7 +148,11 @@ class MaskedAutoencoderHiera(Hiera):
             units = reroll_units(t, n_vis, self._levels_after(stage), cfg.q_stride)  # (B, n_vis, m, m, C)
             if stage < cfg.q_pool:
                 B, n, m, _, C = units.shape
-                y = self.multi_scale_fusion_heads[stage](units.reshape(B * n, m, m, C).permute(0, 3, 1, 2))
+                y = units.reshape(B * n, m, m, C).permute(0, 3, 1, 2)  # (B*n, C, m, m)
+                if cfg.is_video:  # a unit as a one-frame clip for the (1, k, k) conv: (B*n, C, 1, m, m)
+                    y = self.multi_scale_fusion_heads[stage](y.unsqueeze(2)).squeeze(2)
+                else:
+                    y = self.multi_scale_fusion_heads[stage](y)
                 units = y.permute(0, 2, 3, 1).reshape(B, n, self.final_unit, self.final_unit, -1)
             fused = fused + units
         return self.encoder_norm(fused)
@@ -141,30 +162,45 @@ class MaskedAutoencoderHiera(Hiera):
         (B, L) bool, True = visible."""
         cfg = self.config
         x = self.decoder_embed(latent)  # (B, n_vis, u, u, D)
-        B, D, u, m = x.shape[0], x.shape[-1], self.final_unit, cfg.units_side
+        B, D, u, t = x.shape[0], x.shape[-1], self.final_unit, self.frames_t
+        mh, mw = self.units_grid
         full = self.mask_token.to(x.dtype).expand(B, self.num_units, u * u, D).clone()  # (B, units, u*u, D)
         full[mask] = x.reshape(-1, u * u, D)  # row-major over (image, visible unit), the order of mask's True
-        # units grid -> raster tokens: (B, mh, mw, uy, ux, D) -> (B, mh, uy, mw, ux, D)
-        x = full.view(B, m, m, u, u, D).permute(0, 1, 3, 2, 4, 5).reshape(B, (m * u) ** 2, D)
-        patch_visible = mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, -1)
+        # units grid -> raster tokens: (B, t, mh, mw, uy, ux, D) -> (B, t, mh, uy, mw, ux, D) (images: t = 1)
+        x = full.view(B, t, mh, mw, u, u, D).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, t * mh * u * mw * u, D)
+        patch_visible = mask.view(B, t, mh, 1, mw, 1).expand(B, t, mh, u, mw, u).reshape(B, -1)
         x = x + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = self._run(block, x)
         return self.decoder_pred(self.decoder_norm(x)), patch_visible
 
     def patchify(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, L, C*p*p) raster patches, each flattened as (c, y, x) like the official targets."""
-        B, C, H, W = x.shape
+        """(B, C, H, W) -> (B, L, C*p*p) raster patches, each flattened as (c, y, x) like the official targets.
+
+        Video (B, C, T, H, W): the first frame of every ``patch_stride_t`` frames (the official time-strided
+        targets) -> (B, t*h*w, p*p*C) raster (t, h, w), each patch flattened (y, x, c) as the official
+        ``get_pixel_label_3d`` does (its channel axis moved last, unlike the 2-D targets)."""
         p = self.pred_stride
+        if self.config.is_video:
+            x = x[:, :, :: self.config.patch_stride_t]  # (B, C, t, H, W)
+            B, C, t, H, W = x.shape
+            x = x.reshape(B, C, t, H // p, p, W // p, p).permute(0, 2, 3, 5, 4, 6, 1)  # (B, t, h, w, p, p, C)
+            return x.reshape(B, t * (H // p) * (W // p), p * p * C)
+        B, C, H, W = x.shape
         x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
         return x.reshape(B, (H // p) * (W // p), C * p * p)
 
     def unpatchify(self, patches: Tensor) -> Tensor:
-        """Inverse of :meth:`patchify`: (B, L, C*p*p) -> (B, C, H, W)."""
+        """Inverse of :meth:`patchify`: (B, L, C*p*p) -> (B, C, H, W); video -> (B, C, t, H, W), the target
+        frames (one per temporal token)."""
         B, L, _ = patches.shape
-        p, C, h = self.pred_stride, self.config.in_chans, math.isqrt(L)
-        x = patches.reshape(B, h, h, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
-        return x.reshape(B, C, h * p, h * p)
+        p, C, t = self.pred_stride, self.config.in_chans, self.frames_t
+        h, w = self.final_grid
+        if self.config.is_video:
+            x = patches.reshape(B, t, h, w, p, p, C).permute(0, 6, 1, 2, 4, 3, 5)  # (B, C, t, h, p, w, p)
+            return x.reshape(B, C, t, h * p, w * p)
+        x = patches.reshape(B, h, w, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
+        return x.reshape(B, C, h * p, w * p)
 
     def forward_loss(self, x: Tensor, pred: Tensor, patch_visible: Tensor) -> tuple[Tensor, Tensor]:
         """MSE between predictions and (per-patch normalised) pixels, on masked patches only -> (loss, target)."""
@@ -178,8 +214,8 @@ class MaskedAutoencoderHiera(Hiera):
         return loss, target
 
     def forward(self, x: Tensor, mask_ratio: float | None = None, mask: Tensor | None = None) -> MAEOutput:
-        """Images (B, C, H, W) -> :class:`MAEOutput`. ``mask`` (B, units) bool, True = visible, overrides sampling;
-        each image must keep the same number of units."""
+        """Images (B, C, H, W) or clips (B, C, T, H, W) -> :class:`MAEOutput`. ``mask`` (B, units) bool, True =
+        visible, units raster (t,) u, v, overrides sampling; each image must keep the same number of units."""
         self._check(x)
         if mask is None:
             mask = self.random_mask(x, self.config.mask_ratio if mask_ratio is None else mask_ratio)
@@ -218,10 +254,17 @@ class MaskedAutoencoderHiera(Hiera):
             elif k.startswith("norm."):
                 k = "encoder_norm." + k.removeprefix("norm.")
             out[k] = v
-        if "pos_embed" in out:
-            out["pos_embed"] = resample_abs_pos_embed(out["pos_embed"], self.config.token_grid)
-        if "decoder_pos_embed" in out:
-            out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], (self.final_side,) * 2)
+        for k in ("pos_embed", "pos_embed_spatial"):
+            if k in out and out[k].shape[1] != math.prod(self.config.token_grid):  # from a square grid
+                out[k] = resample_abs_pos_embed(out[k], self.config.token_grid)
+        if "pos_embed_temporal" in out and out["pos_embed_temporal"].shape[1] != self.frames_t:
+            from ..models.hiera import resample_temporal
+
+            out["pos_embed_temporal"] = resample_temporal(out["pos_embed_temporal"], self.frames_t)
+        n_dec = self.frames_t * math.prod(self.final_grid)
+        if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape[1] != n_dec and not self.config.is_video:
+            # (video: a joint (t, h, w) table, kept as is; another size is a shape mismatch on load)
+            out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], self.final_grid)
         return out
 
 
@@ -259,7 +302,7 @@ def load_mae_init(model: MaskedAutoencoderHiera, state_dict: dict[str, Tensor], 
 @torch.no_grad()
 def reconstruct_images(model: MaskedAutoencoderHiera, x: Tensor, out: MAEOutput) -> Tensor:
     """The MAE paper's reconstruction: visible patches pasted from ``x``, masked ones from the predictions. (B, C, H, W)
-    in the units of ``x``.
+    in the units of ``x``; video: (B, C, t, H, W), the target frames ``x[:, :, ::patch_stride_t]``.
 
     With ``norm_pix_loss`` the predictions are per-patch normalised pixels; each predicted patch is mapped back with
     the mean and (unbiased) variance of the *original* patch at its place, as the MAE paper's figures and its
@@ -268,8 +311,8 @@ def reconstruct_images(model: MaskedAutoencoderHiera, x: Tensor, out: MAEOutput)
     """
     target = model.patchify(x)  # raw pixels (B, L, C*p*p)
     B, L, _ = target.shape
-    m, u = model.config.units_side, model.final_unit
-    visible = out.mask.view(B, m, 1, m, 1).expand(B, m, u, m, u).reshape(B, L, 1)  # (B, L, 1) patch-level
+    (mh, mw), u, t = model.units_grid, model.final_unit, model.frames_t
+    visible = out.mask.view(B, t, mh, 1, mw, 1).expand(B, t, mh, u, mw, u).reshape(B, L, 1)  # (B, L, 1) patch-level
     pred = out.pred.float()
     if model.config.norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1) per original patch
@@ -279,10 +322,12 @@ def reconstruct_images(model: MaskedAutoencoderHiera, x: Tensor, out: MAEOutput)
 
 
 def patch_visibility(model: MaskedAutoencoderHiera, mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, units) bool mask (True = visible) -> (B, 1, H, W) float, 1 on visible pixels."""
-    m = model.config.units_side
-    v = mask.view(-1, 1, m, m).float()  # (B, 1, m, m)
-    return torch.nn.functional.interpolate(v, size=size, mode="nearest")
+    """(B, units) bool mask (True = visible) -> (B, 1, H, W) float, 1 on visible pixels; video (B, 1, t, H, W),
+    one frame per temporal token."""
+    (mh, mw), t = model.units_grid, model.frames_t
+    v = mask.view(-1, t, mh, mw).float()  # (B, t, mh, mw)
+    v = torch.nn.functional.interpolate(v, size=tuple(size), mode="nearest")  # (B, t, H, W)
+    return v.unsqueeze(1) if model.config.is_video else v
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,6 +347,33 @@ def _register(size: str) -> None:
 
 for _size in SIZES:
     _register(_size)
+
+
+def _register_video(size: str) -> None:
+    name = f"mae_hiera_{size}_16x224"
+
+    def variant() -> MAEHieraConfig:
+        return MAEHieraConfig(**SIZES[size], num_frames=16, mask_ratio=0.9)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f"MAE video pretraining model with a Hiera-{size} encoder, 16 frames at 224x224, mask ratio 0.9."
+    cfg = dict(url=f"https://dl.fbaipublicfiles.com/hiera/{name}.pth", tag="mae_k400", input_size=[3, 16, 224, 224],
+               license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
+    register_model(MaskedAutoencoderHiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
+
+
+for _size in VIDEO_SIZES:
+    _register_video(_size)
+
+
+@register_model(MaskedAutoencoderHiera, family="hiera")
+def mae_hiera_nano_video() -> MAEHieraConfig:
+    """MAE with the hiera_nano_video encoder (8 frames of 64 px: 4 x 2 x 2 = 16 mask units) and mae_hiera_nano's
+    decoder, for demos and tests. Mask ratio 0.75 (4 visible units): 0.9 would leave one unit of sixteen."""
+    return MAEHieraConfig(
+        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, num_frames=8, decoder_dim=64, decoder_depth=2,
+        decoder_heads=2, mask_ratio=0.75,
+    )
 
 
 @register_model(MaskedAutoencoderHiera, family="hiera")

@@ -11,6 +11,7 @@ class RunConfig:
     model: str = ""
     data: str = "digits"  # "digits" or a folder with train/ and val/ class subfolders
     img_size: int | None = None  # None: the model's default size
+    num_frames: int | None = None  # video models: frames per clip; None: the model's default
     epochs: int | None = None  # None: see bettervit.train.engine.resolve_defaults
     batch_size: int | None = None  # per process; None: 64, smaller for tiny training sets
     output: str | None = None  # run directory; default runs/<model>
@@ -63,6 +64,8 @@ class RunConfig:
         for name in ("epochs", "batch_size", "accum_steps", "labels_per_class", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"--num-frames must be >= 1, got {self.num_frames}")
         if self.img_size is not None and self.img_size < 8:
             raise ValueError(f"--img-size must be >= 8, got {self.img_size}")
         if self.lr is not None and not self.lr > 0:

@@ -50,10 +50,22 @@ def default_img_size(model_name: str) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def default_num_frames(model_name: str) -> int:
+    """Frames per clip a video model is built for; 0 for image models."""
+    from ..factory import get_entry
+
+    return int(getattr(get_entry(model_name).config(), "num_frames", 0) or 0)
+
+
+def _frames_override(cfg: RunConfig) -> dict:
+    return {"num_frames": cfg.num_frames} if cfg.num_frames is not None else {}
+
+
 def build_classifier(cfg: RunConfig, num_classes: int, img_size: int) -> nn.Module:
     from .. import create_model
 
     overrides = {"drop_path_rate": cfg.drop_path} if cfg.drop_path is not None else {}
+    overrides.update(_frames_override(cfg))
     return create_model(cfg.model, pretrained=cfg.init or False, num_classes=num_classes, img_size=img_size, **overrides)
 
 
@@ -62,6 +74,7 @@ def build_pretrain_model(cfg: RunConfig, img_size: int) -> nn.Module:
 
     overrides = {"drop_path_rate": cfg.drop_path} if cfg.drop_path is not None else {}
     if cfg.method == "mae":
+        overrides.update(_frames_override(cfg))
         from ..pretrain.mae import MaskedAutoencoderHiera
 
         for name in ("mask_ratio", "norm_pix_loss"):
@@ -100,7 +113,7 @@ def augment_config(cfg: RunConfig, data: DataBundle) -> AugmentConfig:
             setattr(a, name, getattr(cfg, name))
     if cfg.no_randaugment:
         a.randaugment = None
-    if cfg.task == "pretrain":
+    if cfg.task == "pretrain" or data.num_frames:  # (clips: crop and flip only, see DeviceAugment)
         a.mixup = a.cutmix = 0.0
         a.randaugment = None
     return a
@@ -235,8 +248,13 @@ def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, ov
     if resume_ckpt is not None and "resume" not in resume_ckpt:
         raise ValueError(f"{out / 'last.pt'} holds no training state to resume from")
     img_size = cfg.img_size or default_img_size(cfg.model)
+    num_frames = default_num_frames(cfg.model)
+    if cfg.num_frames is not None:
+        if not num_frames:
+            raise ValueError(f"--num-frames is for video models; {cfg.model} is an image model")
+        num_frames = cfg.num_frames
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data, img_size)
+    data = build_data(cfg.data, img_size, num_frames=num_frames)
     if cfg.labels_per_class:
         data = data.with_labels_per_class(cfg.labels_per_class, cfg.seed)
     resolve_defaults(cfg, data.size("train"))
@@ -384,8 +402,9 @@ def _write_run_header(p: Prepared) -> dict:
                      "skipped_files": data.skipped, "img_size": p.img_size},
             "world_size": info.world,
         })
-        log.info("%s %s on %s (%d train / %d val images, %d px) -> %s", cfg.task, cfg.model, data.name,
-                 data.size("train"), data.size("val"), p.img_size, out)
+        what = f"clips of {data.num_frames} frames" if data.num_frames else "images"
+        log.info("%s %s on %s (%d train / %d val %s, %d px) -> %s", cfg.task, cfg.model, data.name,
+                 data.size("train"), data.size("val"), what, p.img_size, out)
         if data.skipped:
             log.info("skipped %d unreadable or non-image file(s)", data.skipped)
     return meta_base
@@ -395,7 +414,7 @@ def _reconstruction_batch(p: Prepared, loop: Loop) -> Tensor | None:
     """MAE: the fixed validation images of the reconstruction figure (every rank runs its forward: FSDP needs it)."""
     if p.cfg.method != "mae":
         return None
-    n = min(8, p.data.size("val"))
+    n = min(2 if p.data.num_frames else 8, p.data.size("val"))  # video: two clips, a few frames each
     vx, _ = next(p.data.batches("val", list(range(n)), n))
     return loop.aug.eval_batch(vx.to(p.info.device))
 
@@ -592,7 +611,8 @@ def _plain(obj):
 @torch.no_grad()
 def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig, write: bool) -> None:
     """The MAE paper's figure for a fixed set of validation images: rows masked input (hidden units grey) |
-    reconstruction (visible patches pasted from the input) | original, each image at least 128 px."""
+    reconstruction (visible patches pasted from the input) | original, each image at least 128 px. Video: those
+    three rows for each of two clips, one column per reconstructed frame (see :func:`video_figure_rows`)."""
     from ..pretrain.mae import patch_visibility, reconstruct_images
 
     was = model.training
@@ -607,9 +627,26 @@ def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg
         return
     mean = torch.tensor(data.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(data.std, device=x.device).view(1, 3, 1, 1)
-    visible = patch_visibility(model, out.mask, x.shape[-2:])  # (B, 1, H, W)
+    visible = patch_visibility(model, out.mask, x.shape[-2:])  # (B, 1, H, W); video (B, 1, t, H, W)
     shown = lambda t: t.float() * std + mean  # noqa: E731 - back to [0, 1] pixels
+    if x.ndim == 5:
+        save_image_grid(video_figure_rows(x, rec, visible, model.config.patch_stride_t, shown), path, min_side=96)
+        return
     save_image_grid([shown(x) * visible + 0.5 * (1 - visible), shown(rec), shown(x)], path, min_side=128)
+
+
+def video_figure_rows(x: Tensor, rec: Tensor, visible: Tensor, stride_t: int, shown, max_frames: int = 8) -> list[Tensor]:
+    """Rows of the video MAE figure: per clip, masked input | reconstruction | original, over up to ``max_frames``
+    of its target frames (the first of every ``stride_t`` frames: what the model reconstructs).
+    ``x`` (B, 3, T, H, W), ``rec`` (B, 3, t, H, W), ``visible`` (B, 1, t, H, W) -> rows of (frames, 3, H, W)."""
+    frames = x[:, :, ::stride_t]  # (B, 3, t, H, W)
+    t = min(frames.shape[2], max_frames)
+    as_row = lambda v: v[:, :t].transpose(0, 1)  # noqa: E731 - (3, t, H, W) -> (t, 3, H, W)
+    rows = []
+    for i in range(x.shape[0]):
+        orig, vis = shown(as_row(frames[i])), as_row(visible[i])
+        rows += [orig * vis + 0.5 * (1 - vis), shown(as_row(rec[i])), orig]
+    return rows
 
 
 def save_image_grid(rows: list[Tensor], path: Path, min_side: int = 0, gap: int = 2) -> None:
