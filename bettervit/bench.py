@@ -430,7 +430,15 @@ def timm_model(name: str, ours: nn.Module, img_size: int | tuple[int, int] | Non
     if img_size is not None:
         kwargs["img_size"] = img_size
     try:
-        ref = timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            ref = timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError:
+            if "img_size" not in kwargs:
+                raise
+            # some timm models (e.g. sam2_hiera_*) take no img_size: build at the default, run at the input's size
+            kwargs.pop("img_size")
+            ref = timm.create_model(name, pretrained=False, **kwargs)
+            log.info("timm's %s takes no img_size: built at its default size, fed the benchmark's", name)
     except Exception as e:  # noqa: BLE001 - no timm model of that name: measure ours alone
         log.info("timm has no %s (%s)", name, short_error(e))
         return None
