@@ -273,3 +273,29 @@ def test_optimize_pass_runs_video():
     x = torch.randn(2, 3, 4, 64, 96)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_video_mae_checkpoint_loads_at_other_clip_sizes():
+    """A video MAE checkpoint (encoder tables and the decoder's joint (t, h, w) table) loads strictly into a model
+    built for other frame counts / sizes; the decoder table is resampled as the encoder's (spatial bicubic per
+    temporal slice, temporal linear per position), and left untouched at the same size."""
+    import torch.nn.functional as F
+
+    from bettervit import create_model
+
+    torch.manual_seed(0)
+    src = create_model("mae_hiera_nano_video")  # 8 frames, 64 px: decoder grid 4 x 4 x 4
+    sd = src.state_dict()
+    same = create_model("mae_hiera_nano_video")
+    assert torch.equal(same.convert_checkpoint(sd)["decoder_pos_embed"], sd["decoder_pos_embed"])
+    for frames, img in ((4, 64), (16, 96)):
+        dst = create_model("mae_hiera_nano_video", num_frames=frames, img_size=img)
+        dst.load_state_dict(dst.convert_checkpoint(sd), strict=True)
+        t, (h, w) = dst.frames_t, dst.final_grid
+        assert dst.decoder_pos_embed.shape == (1, t * h * w, sd["decoder_pos_embed"].shape[-1])
+    # temporal only (same spatial grid): each spatial position's sequence is linearly interpolated over time
+    dst = create_model("mae_hiera_nano_video", num_frames=4)
+    got = dst.convert_checkpoint(sd)["decoder_pos_embed"].view(2, 16, -1)  # (t, h*w, C)
+    old = sd["decoder_pos_embed"].view(4, 16, -1)
+    want = F.interpolate(old.permute(1, 2, 0), size=2, mode="linear", align_corners=False).permute(2, 0, 1)
+    torch.testing.assert_close(got, want)

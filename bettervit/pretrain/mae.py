@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..models.hiera import SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units
+from ..models.hiera import SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resample_temporal
 from ..registry import register_model
 
 
@@ -254,18 +254,37 @@ class MaskedAutoencoderHiera(Hiera):
             elif k.startswith("norm."):
                 k = "encoder_norm." + k.removeprefix("norm.")
             out[k] = v
+        # the checkpoint's own grids, read before the encoder tables are resized: (t,) and the square stride-4 side
+        old_t = out["pos_embed_temporal"].shape[1] if "pos_embed_temporal" in out else None
+        spatial = out.get("pos_embed_spatial")
         for k in ("pos_embed", "pos_embed_spatial"):
             if k in out and out[k].shape[1] != math.prod(self.config.token_grid):  # from a square grid
                 out[k] = resample_abs_pos_embed(out[k], self.config.token_grid)
-        if "pos_embed_temporal" in out and out["pos_embed_temporal"].shape[1] != self.frames_t:
-            from ..models.hiera import resample_temporal
-
+        if old_t is not None and old_t != self.frames_t:
             out["pos_embed_temporal"] = resample_temporal(out["pos_embed_temporal"], self.frames_t)
         n_dec = self.frames_t * math.prod(self.final_grid)
-        if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape[1] != n_dec and not self.config.is_video:
-            # (video: a joint (t, h, w) table, kept as is; another size is a shape mismatch on load)
-            out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], self.final_grid)
+        if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape[1] != n_dec:
+            if not self.config.is_video:
+                out["decoder_pos_embed"] = resample_abs_pos_embed(out["decoder_pos_embed"], self.final_grid)
+            elif spatial is not None and old_t is not None:
+                out["decoder_pos_embed"] = self._resize_video_decoder_pos(out["decoder_pos_embed"], old_t, spatial)
         return out
+
+    def _resize_video_decoder_pos(self, pos: Tensor, old_t: int, old_spatial: Tensor) -> Tensor:
+        """The video decoder's joint (1, t * h * w, C) table (raster t, h, w at stride 16) -> this model's grid. The
+        old grid comes from the same checkpoint's encoder tables (t temporal tokens; a square stride-4 spatial grid,
+        16 / 4 = 4x finer than the decoder's). Spatial: bicubic per temporal slice, as the encoder's; temporal:
+        linear per position, as ``pos_embed_temporal``."""
+        side = math.isqrt(old_spatial.shape[1]) // (self.pred_stride // self.config.patch_stride)  # old h = w
+        if old_t * side * side != pos.shape[1]:
+            raise ValueError(f"decoder_pos_embed has {pos.shape[1]} tokens, not the {old_t}x{side}x{side} grid the "
+                             f"checkpoint's encoder position embeddings imply")
+        C = pos.shape[-1]
+        x = torch.cat([resample_abs_pos_embed(f, self.final_grid, (side, side))  # one temporal slice at a time
+                       for f in pos.reshape(old_t, 1, side * side, C)])  # (t0, h*w, C)
+        if old_t != self.frames_t:  # (h*w, t0, C) -> (h*w, t, C): each spatial position is one "batch" row
+            x = resample_temporal(x.transpose(0, 1), self.frames_t).transpose(0, 1)
+        return x.reshape(1, -1, C)
 
 
 #: MAE-only parts: an encoder-only checkpoint leaves them at their fresh initialisation
