@@ -133,14 +133,7 @@ def build_data(spec: str | None, img_size: int, num_frames: int = 0) -> DataBund
         return DataBundle("digits", list(CLASS_NAMES), img_size, img_size, DIGITS_MEAN, DIGITS_STD, True,
                           {"train": train, "val": val})
     root = Path(spec).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"data directory not found: {spec} (expected 'digits' or a folder with train/ and val/)")
-    for sub in ("train", "val"):
-        if not (root / sub).is_dir():
-            raise ValueError(f"data directory {root} has no {sub}/ subfolder (expected {root}/{{train,val}}/<class>/)")
-    classes = list_classes(root / "train")
-    if not classes:
-        raise ValueError(f"data directory {root / 'train'} has no class subfolders")
+    classes = _folder_classes(root, spec, "'digits' or a folder with train/ and val/", "<class>/")
     load_size = max(img_size, round(img_size / CROP_PCT))
     train = ImageFolderSplit(root / "train", classes, load_size, load_size)
     val = ImageFolderSplit(root / "val", classes, load_size, img_size)
@@ -149,6 +142,20 @@ def build_data(spec: str | None, img_size: int, num_frames: int = 0) -> DataBund
             raise ValueError(f"data directory {root / name} holds no readable images")
     return DataBundle(str(root), classes, img_size, load_size, IMAGENET_MEAN, IMAGENET_STD, False,
                       {"train": train, "val": val}, skipped=train.skipped + val.skipped)
+
+
+def _folder_classes(root: Path, spec: str, expected: str, layout: str) -> list[str]:
+    """The class names of a ``root/{train,val}/<class>/...`` data folder; a one-line ValueError (naming ``expected``
+    and the ``layout`` under each split) when the folder, a split or the classes are missing."""
+    if not root.is_dir():
+        raise ValueError(f"data directory not found: {spec} (expected {expected})")
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise ValueError(f"data directory {root} has no {sub}/ subfolder (expected {root}/{{train,val}}/{layout})")
+    classes = list_classes(root / "train")
+    if not classes:
+        raise ValueError(f"data directory {root / 'train'} has no class subfolders")
+    return classes
 
 
 def build_clip_data(spec: str | None, img_size: int, num_frames: int) -> DataBundle:
@@ -168,15 +175,8 @@ def build_clip_data(spec: str | None, img_size: int, num_frames: int) -> DataBun
     from .clips import ClipFolderSplit
 
     root = Path(spec).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"data directory not found: {spec} (expected 'moving-digits' or a folder with train/ and val/ "
-                         f"holding <class>/<clip> frame folders or GIFs)")
-    for sub in ("train", "val"):
-        if not (root / sub).is_dir():
-            raise ValueError(f"data directory {root} has no {sub}/ subfolder (expected {root}/{{train,val}}/<class>/<clip>/)")
-    classes = list_classes(root / "train")
-    if not classes:
-        raise ValueError(f"data directory {root / 'train'} has no class subfolders")
+    classes = _folder_classes(root, spec, "'moving-digits' or a folder with train/ and val/ holding <class>/<clip> "
+                              "frame folders or GIFs", "<class>/<clip>/")
     load_size = max(img_size, round(img_size / CROP_PCT))
     train = ClipFolderSplit(root / "train", classes, load_size, load_size, num_frames)
     val = ClipFolderSplit(root / "val", classes, load_size, img_size, num_frames)

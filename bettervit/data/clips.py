@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .folder import IMAGE_SUFFIXES, decode_image, list_classes
+from .folder import IMAGE_SUFFIXES, decode_image, list_classes, subset_of
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class ClipFolderSplit(torch.utils.data.Dataset):
             log.warning("%s: skipped %d entries that are neither frame folders nor GIFs", split_dir, self.skipped)
 
     def subset(self, indices: Sequence[int]) -> "ClipFolderSplit":
-        out = object.__new__(ClipFolderSplit)
-        out.__dict__.update(self.__dict__)
-        out.samples = [self.samples[i] for i in indices]
-        return out
+        return subset_of(self, indices)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -41,6 +41,15 @@ def decode_image(path: str | os.PathLike, load_size: int, crop_size: int | None 
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
+def subset_of(split, indices: Sequence[int]):
+    """A shallow copy of a folder split (anything with a ``samples`` list) holding only the samples at ``indices``;
+    every other attribute (classes, sizes, skip count) is shared."""
+    out = object.__new__(type(split))
+    out.__dict__.update(split.__dict__)
+    out.samples = [split.samples[i] for i in indices]
+    return out
+
+
 class ImageFolderSplit(torch.utils.data.Dataset):
     """One split of an image folder. ``skipped`` counts files that were not readable images."""
 
@@ -72,10 +81,7 @@ class ImageFolderSplit(torch.utils.data.Dataset):
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderSplit":
         """A copy holding only the samples at ``indices`` (same classes, sizes and skip count)."""
-        out = object.__new__(ImageFolderSplit)
-        out.__dict__.update(self.__dict__)
-        out.samples = [self.samples[i] for i in indices]
-        return out
+        return subset_of(self, indices)
 
     def __len__(self) -> int:
         return len(self.samples)

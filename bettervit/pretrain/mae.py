@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..models.hiera import SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resample_temporal
+from ..models.hiera import OFFICIAL_URL, SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resample_temporal
 from ..registry import register_model
 
 
@@ -376,7 +376,7 @@ def _register_video(size: str) -> None:
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = f"MAE video pretraining model with a Hiera-{size} encoder, 16 frames at 224x224, mask ratio 0.9."
-    cfg = dict(url=f"https://dl.fbaipublicfiles.com/hiera/{name}.pth", tag="mae_k400", input_size=[3, 16, 224, 224],
+    cfg = dict(url=OFFICIAL_URL.format(name=name), tag="mae_k400", input_size=[3, 16, 224, 224],
                license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
     register_model(MaskedAutoencoderHiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
 
