@@ -52,6 +52,27 @@ def test_optimized_equals_plain(size):
 
 
 @needs_onednn
+def test_optimized_runs_a_large_batch_in_pieces_with_the_same_result(monkeypatch):
+    """A block whose expanded map exceeds chunk_bytes runs the batch a few images at a time, uneven last piece too."""
+    from bettervit.optimize.maxvit import FastMaxViTBlock
+
+    model = nano()
+    fast = optimize(model)
+    x = torch.randn(5, 3, 64, 96)
+    with torch.no_grad():
+        whole = fast(x)
+        block = fast.stages[0].blocks[0]
+        h = fast.stem(x)
+        one_image = h[0].numel() * 4 * block.conv.conv1_fused.weight.shape[0] // h.shape[1]  # expanded bytes / image
+        monkeypatch.setattr(FastMaxViTBlock, "chunk_bytes", 2 * one_image)
+        assert block.pieces(h) == 3  # 5 images, 2 per piece: 2 + 2 + 1
+        pieces = fast(x)
+        ref = model(x)
+    assert (pieces - ref).abs().max().item() <= 1e-4
+    assert (pieces - whole).abs().max().item() <= 1e-5
+
+
+@needs_onednn
 def test_optimized_keeps_one_copy_of_the_linear_weights():
     fast = optimize(nano())
     attn = fast.stages[0].blocks[0].attn_block.attn
