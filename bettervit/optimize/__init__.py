@@ -14,6 +14,7 @@ to float rounding, and its ``state_dict`` has the plain model's keys.
 from __future__ import annotations
 
 import copy
+import ctypes
 import importlib
 import logging
 from typing import Callable
@@ -57,6 +58,18 @@ def _find_pass(model: nn.Module) -> Pass | None:
     return None
 
 
+def _return_freed_heap() -> None:
+    """Give the heap pages that the replaced plain weights occupied back to the OS (glibc only; else nothing).
+
+    The pass frees the plain weights one module at a time while it allocates their packed forms, so the freed
+    pieces lie between live ones; glibc keeps such pages resident, and the forward's large buffers (fresh mmaps)
+    cannot reuse them. ``malloc_trim`` releases the free pages inside the heap, not only at its top."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """A CPU fp32 inference version of ``model`` (a bettervit classifier, or a ``features_only`` wrapper of one).
 
@@ -77,6 +90,7 @@ def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         return model
     with torch.no_grad():
         out = fn(target)
+    _return_freed_heap()
     if target is not model:
         model.model = out
         return model
