@@ -126,7 +126,7 @@ def test_video_token_order_is_frame_major_and_units_contiguous():
     model = bettervit.create_model("hiera_nano_video").eval()
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():
-        tokens, (t, h, w) = model.embed_video(x)
+        tokens, (t, h, w) = model.embed(x)
         conv = model.patch_embed(x)  # (1, C, 4, 16, 16)
     assert (t, h, w) == (4, 16, 16) and tokens.shape == (1, 4 * 256, 32)
     pos = model.pos_embed_spatial.view(16, 16, 32) + model.pos_embed_temporal.view(4, 1, 1, 32)[1]  # frame 1

@@ -529,55 +529,42 @@ class Hiera(Backbone):
                              f"unit), got {mask.dtype} {tuple(mask.shape)}")
 
     def embed(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, ...]]:
-        """Images -> ((B, N, C) tokens in mask-unit-major order with position embeddings, token grid (h, w)).
+        """Images (B, C, H, W) -> ((B, N, C) tokens in mask-unit-major order with position embeddings, token grid
+        (h, w)); clips (B, C, T, H, W) -> ((B, t*h*w, C), (t, h, w)), t = T / patch_stride_t.
 
         ``visible`` (B, units) bool, True = keep, units in raster order over the input's unit grid: pixels of the
         other units are zeroed before the patch conv and their tokens dropped, leaving (B, n_visible * 64, C).
-        Video clips (B, C, T, H, W): see :meth:`embed_video`; the grid is then (t, h, w).
+        Clip tokens are frame-major, each frame unrolled as an image (see the token-order note above ``unroll``), so
+        mask units (t, u, v) are contiguous runs in raster order. A temporal unit covers patch_stride_t frames,
+        whose pixels are zeroed together (the official code resizes the unit mask to the frames by nearest
+        interpolation: frame i belongs to temporal unit i // patch_stride_t).
         """
         cfg = self.config
-        if cfg.is_video:
-            return self.embed_video(x, visible)
-        pixel_mask = None
-        if visible is not None:
-            uh, uw, p = x.shape[-2] // cfg.multiple, x.shape[-1] // cfg.multiple, cfg.multiple
-            pixel_mask = visible.view(-1, 1, uh, 1, uw, 1).expand(-1, -1, -1, p, -1, p)
-            pixel_mask = pixel_mask.reshape(-1, 1, uh * p, uw * p).to(x.dtype)  # (B, 1, H, W)
-        x = self.patch_embed(x, pixel_mask)  # (B, C, h, w)
-        grid = (x.shape[-2], x.shape[-1])
-        x = unroll(x.permute(0, 2, 3, 1), cfg.num_unroll, cfg.q_stride)  # (B, N, C)
-        pos = self.pos_embed_for(grid).view(1, grid[0], grid[1], -1)
-        x = x + unroll(pos, cfg.num_unroll, cfg.q_stride)
-        if visible is not None:
-            B, N, C = x.shape
-            x = x.view(B, visible.shape[1], -1, C)[visible].view(B, -1, C)  # keep whole visible units
-        return x, grid
-
-    def embed_video(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, tuple[int, int, int]]:
-        """Clips (B, C, T, H, W) -> ((B, t*h*w, C) tokens, token grid (t, h, w)), t = T / patch_stride_t.
-
-        Tokens are frame-major, each frame unrolled as an image (see the token-order note above ``unroll``), so mask
-        units (t, u, v) are contiguous runs in raster order. ``visible`` (B, units) is over those units. A temporal
-        unit covers patch_stride_t frames, whose pixels are zeroed together (the official code resizes the unit mask
-        to the frames by nearest interpolation: frame i belongs to temporal unit i // patch_stride_t).
-        """
-        cfg = self.config
-        pixel_mask = None
-        if visible is not None:
-            T, H, W = x.shape[2:]
-            ut, uh, uw, p, st = T // cfg.patch_stride_t, H // cfg.multiple, W // cfg.multiple, cfg.multiple, cfg.patch_stride_t
-            pixel_mask = visible.view(-1, 1, ut, 1, uh, 1, uw, 1).expand(-1, -1, -1, st, -1, p, -1, p)
-            pixel_mask = pixel_mask.reshape(-1, 1, T, H, W).to(x.dtype)  # (B, 1, T, H, W)
-        x = self.patch_embed(x, pixel_mask)  # (B, C, t, h, w)
+        pixel_mask = None if visible is None else self._pixel_mask(visible, x.shape[2:]).to(x.dtype)
+        x = self.patch_embed(x, pixel_mask)  # (B, C, h, w), video (B, C, t, h, w)
+        video = x.ndim == 5
+        if not video:
+            x = x.unsqueeze(2)  # an image is a clip of one temporal token
         B, C, t, h, w = x.shape
         x = unroll(x.permute(0, 2, 3, 4, 1).reshape(B * t, h, w, C), cfg.num_unroll, cfg.q_stride)  # (B*t, h*w, C)
-        spatial = unroll(self.pos_embed_for((h, w)).view(1, h, w, C), cfg.num_unroll, cfg.q_stride)  # (1, h*w, C)
-        # spatial + temporal first, then added to the tokens: the official order of the sums
-        pos = spatial.view(1, 1, h * w, C) + self.pos_embed_temporal_for(t).view(1, t, 1, C)  # (1, t, h*w, C)
-        x = (x.view(B, t, h * w, C) + pos).view(B, t * h * w, C)
+        pos = unroll(self.pos_embed_for((h, w)).view(1, h, w, C), cfg.num_unroll, cfg.q_stride)  # (1, h*w, C)
+        if video:  # spatial + temporal first, then added to the tokens: the official order of the sums
+            pos = pos.view(1, 1, h * w, C) + self.pos_embed_temporal_for(t).view(1, t, 1, C)  # (1, t, h*w, C)
+        x = (x.view(B, t, h * w, C) + pos.view(1, -1, h * w, C)).view(B, t * h * w, C)
         if visible is not None:
             x = x.view(B, visible.shape[1], -1, C)[visible].view(B, -1, C)  # keep whole visible units
-        return x, (t, h, w)
+        return x, ((t, h, w) if video else (h, w))
+
+    def _pixel_mask(self, visible: Tensor, size: Sequence[int]) -> Tensor:
+        """(B, units) bool unit mask -> (B, 1, [T,] H, W) bool pixel mask for an input of spatial (and temporal)
+        ``size``: each unit covers multiple x multiple pixels (and patch_stride_t frames for video)."""
+        cfg = self.config
+        spans = ((cfg.patch_stride_t,) if len(size) == 3 else ()) + (cfg.multiple, cfg.multiple)
+        shape, expand = [visible.shape[0], 1], [-1, -1]
+        for side, span in zip(size, spans):  # (units along this axis, 1) expanded to (units, span)
+            shape += [side // span, 1]
+            expand += [-1, span]
+        return visible.view(shape).expand(expand).reshape(visible.shape[0], 1, *size)
 
     def _pools_by(self, block: int) -> int:
         """Poolings done by the end of ``block``."""
@@ -876,10 +863,17 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
             k = "head." + k
         elif k.startswith("encoder_norm.") and is_mae:
             k = "head.norm." + k.removeprefix("encoder_norm.")
-        if k in ("pos_embed", "pos_embed_spatial") and v.shape[1] != math.prod(model.config.token_grid):
-            v = resample_abs_pos_embed(v, model.config.token_grid)  # from a square grid
-        elif k == "pos_embed_temporal" and v.shape[1] != model.config.frames_t:
-            v = resample_temporal(v, model.config.frames_t)
         out[k] = v
+    resize_pos_embeds(out, model.config)
     return out
+
+
+def resize_pos_embeds(state_dict: dict[str, Tensor], cfg: HieraConfig) -> None:
+    """In place: a checkpoint's encoder position tables resized to ``cfg``'s grid (the spatial one bicubic from its
+    square grid, the temporal one linearly)."""
+    for k in ("pos_embed", "pos_embed_spatial"):
+        if k in state_dict and state_dict[k].shape[1] != math.prod(cfg.token_grid):
+            state_dict[k] = resample_abs_pos_embed(state_dict[k], cfg.token_grid)  # from a square grid
+    if "pos_embed_temporal" in state_dict and state_dict["pos_embed_temporal"].shape[1] != cfg.frames_t:
+        state_dict["pos_embed_temporal"] = resample_temporal(state_dict["pos_embed_temporal"], cfg.frames_t)
 

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..models.hiera import OFFICIAL_URL, SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units, resample_temporal
+from ..models.hiera import (OFFICIAL_URL, SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units,
+                            resample_temporal, resize_pos_embeds)
 from ..registry import register_model
 
 
@@ -257,11 +258,7 @@ class MaskedAutoencoderHiera(Hiera):
         # the checkpoint's own grids, read before the encoder tables are resized: (t,) and the square stride-4 side
         old_t = out["pos_embed_temporal"].shape[1] if "pos_embed_temporal" in out else None
         spatial = out.get("pos_embed_spatial")
-        for k in ("pos_embed", "pos_embed_spatial"):
-            if k in out and out[k].shape[1] != math.prod(self.config.token_grid):  # from a square grid
-                out[k] = resample_abs_pos_embed(out[k], self.config.token_grid)
-        if old_t is not None and old_t != self.frames_t:
-            out["pos_embed_temporal"] = resample_temporal(out["pos_embed_temporal"], self.frames_t)
+        resize_pos_embeds(out, self.config)
         n_dec = self.frames_t * math.prod(self.final_grid)
         if "decoder_pos_embed" in out and out["decoder_pos_embed"].shape[1] != n_dec:
             if not self.config.is_video:
