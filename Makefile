@@ -1,8 +1,8 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# TORCH pins the CPU build available locally on our 2-core machines; on a GPU machine use e.g. `make test TORCH=torch`.
+# TORCH pins the torch + torchvision pair the local index carries (CUDA builds that run on the CPU); elsewhere e.g. `make test TORCH="torch torchvision"`.
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[train,test,export]"
 	touch $@
 
