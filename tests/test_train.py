@@ -136,12 +136,12 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
-    from bettervit.train import engine
+    from bettervit.train.tasks import classify
 
     data = make_folder(tmp_path / "data", n_per_class=4, size=32, junk=False)
     out = tmp_path / "run"
     args = ["train", *FAST, "--data", str(data), "--epochs", "3", "--batch-size", "4", "--output", str(out)]
-    real = engine.soft_cross_entropy
+    real = classify.soft_cross_entropy
     calls = {"n": 0}
 
     def flaky(logits, target):
@@ -149,7 +149,7 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
         loss = real(logits, target)
         return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps; epoch 2 diverges
 
-    monkeypatch.setattr(engine, "soft_cross_entropy", flaky)
+    monkeypatch.setattr(classify, "soft_cross_entropy", flaky)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -213,7 +213,7 @@ def test_knn_top1():
 
 def test_resolve_defaults_follow_the_task_and_data_size():
     from bettervit.train.config import RunConfig
-    from bettervit.train.engine import DEFAULTS, resolve_defaults
+    from bettervit.train.config import DEFAULTS, resolve_defaults
 
     big = RunConfig(model="hiera_nano")
     resolve_defaults(big, 1437)
