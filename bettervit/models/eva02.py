@@ -53,17 +53,18 @@ from typing import Any, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from ..layers import POOL_TYPES as BASE_POOL_TYPES
+from ..layers import ResampledPosEmbedCache, check_pool_type, global_pool
 from ..layers.drop import drop_path
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import register_model
-from .base import Backbone, feature_take_indices
+from .base import Backbone, feature_take_indices, img_size_hw
 
 log = logging.getLogger(__name__)
 
 Rope = tuple[Tensor, Tensor]  # (cos, signed sin) tables, see rope_tables / rotate
-POOL_TYPES = ("", "avg", "avgmax", "max", "token")
+POOL_TYPES = (*BASE_POOL_TYPES, "token")  # the class token besides the spatial pools
 MLP_TYPES = ("swiglu", "gelu")
 
 
@@ -92,10 +93,6 @@ class Eva02Config:
     dynamic_img_pad: bool = False  # zero-pad inputs whose sides are not multiples of patch_size (else: ValueError)
     window_size: int = 0  # ViTDet: > 0 = attention within windows of window_size^2 tokens, except in global_blocks
     global_blocks: tuple[int, ...] = ()  # ViTDet: the blocks with global attention when window_size > 0
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 # --- rotary position embedding ---------------------------------------------------------------------------------------
@@ -327,7 +324,7 @@ class Eva02(Backbone):
         super().__init__()
         cfg = self.config = config
         p = cfg.patch_size
-        img = _pair(cfg.img_size)
+        img = img_size_hw(cfg.img_size)
         if img[0] % p or img[1] % p:
             raise ValueError(f"img_size must be a multiple of patch_size={p}, got {cfg.img_size}")
         if cfg.embed_dim % cfg.num_heads or (cfg.rope and (cfg.embed_dim // cfg.num_heads) % 4):
@@ -335,9 +332,7 @@ class Eva02(Backbone):
                              f"{cfg.embed_dim}/{cfg.num_heads}")
         if cfg.mlp not in MLP_TYPES:
             raise ValueError(f"mlp must be one of {MLP_TYPES}, got {cfg.mlp!r}")
-        if cfg.global_pool not in POOL_TYPES or (cfg.global_pool == "token" and not cfg.class_token):
-            raise ValueError(f"global_pool must be one of {POOL_TYPES} ('token' needs the class token), "
-                             f"got {cfg.global_pool!r}")
+        check_pool_type(cfg.global_pool, POOL_TYPES if cfg.class_token else BASE_POOL_TYPES)
         if cfg.window_size and (cfg.class_token or not all(0 <= i < cfg.depth for i in cfg.global_blocks)):
             raise ValueError("window_size > 0 (ViTDet) needs class_token=False and global_blocks within 0..depth-1, "
                              f"got class_token={cfg.class_token}, global_blocks={cfg.global_blocks}")
@@ -359,7 +354,7 @@ class Eva02(Backbone):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._rope_cache: dict[tuple, Rope] = {}
-        self._pos_cache: dict[tuple, tuple[int, Tensor]] = {}
+        self._pos_cache = ResampledPosEmbedCache()
         self._register_rope_buffers()
         self.init_weights()
 
@@ -427,18 +422,10 @@ class Eva02(Backbone):
         Traced (torch.compile / torch.export) it is always resampled (an identity at the stored grid), so an export
         with a dynamic height and width does not specialise on whether the grid equals the stored one.
         """
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
-            return self.resize_pos_embed(self.pos_embed, grid, self.grid)
-        if grid == self.grid:
+        if not torch.compiler.is_exporting() and grid == self.grid:  # export: no specialisation on the grid
             return self.pos_embed
-        if self.pos_embed.is_inference():  # built under inference_mode: no version counter to validate a cache with
-            return self.resize_pos_embed(self.pos_embed, grid, self.grid)
-        key = (grid, self.pos_embed.device, self.pos_embed.dtype)
-        hit = self._pos_cache.get(key)
-        if hit is None or hit[0] != self.pos_embed._version:
-            hit = (self.pos_embed._version, self.resize_pos_embed(self.pos_embed, grid, self.grid))
-            self._pos_cache[key] = hit
-        return hit[1]
+        return self._pos_cache.get_or_resample(self.pos_embed, grid,
+                                               lambda p: self.resize_pos_embed(p, grid, self.grid))
 
     def resize_pos_embed(self, pos: Tensor, new: tuple[int, int], old: tuple[int, int]) -> Tensor:
         """Bicubic with antialias (timm's EVA at run time and on load), prefix entries kept."""
@@ -488,19 +475,17 @@ class Eva02(Backbone):
         rope = self.rope(grid, x.device, x.dtype)
         return rope, self.rope(grid, x.device, x.dtype, window=True) if self.config.window_size else rope
 
-    def run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope | None, Rope | None], grid: tuple[int, int]
-                  ) -> Tensor:
-        rope = ropes[1] if blk.window_size else ropes[0]
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, rope, grid, use_reentrant=False)
-        return blk(x, rope, grid)
+    def _run_block(self, blk: Block, x: Tensor, ropes: tuple[Rope | None, Rope | None], grid: tuple[int, int]
+                   ) -> Tensor:
+        """One block with the RoPE tables it needs (the window's for windowed blocks)."""
+        return self.run_block(blk, x, ropes[1] if blk.window_size else ropes[0], grid)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
         """Images (B, C, H, W) -> tokens (B, num_prefix + h*w, C), class token first, after ``norm``."""
         x, grid = self.embed(x, mask, mask_token)
         ropes = self.ropes(grid, x)
         for blk in self.blocks:
-            x = self.run_block(blk, x, ropes, grid)
+            x = self._run_block(blk, x, ropes, grid)
         return self.norm(x)
 
     def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
@@ -510,12 +495,7 @@ class Eva02(Backbone):
             return x
         if pool_type == "token":
             return x[:, 0]
-        x = x[:, self.num_prefix_tokens:]
-        if pool_type == "avg":
-            return x.mean(dim=1)
-        if pool_type == "max":
-            return x.amax(dim=1)
-        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))  # avgmax
+        return global_pool(x[:, self.num_prefix_tokens:], pool_type, dim=1)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens -> pool -> fc_norm -> (dropout, classifier unless ``pre_logits``)."""
@@ -549,7 +529,7 @@ class Eva02(Backbone):
         ropes = self.ropes(grid, x)
         maps: list[Any] = []
         for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
-            x = self.run_block(blk, x, ropes, grid)
+            x = self._run_block(blk, x, ropes, grid)
             if i in take:
                 y = self.norm(x) if norm else x
                 t = y[:, npt:]  # (B, h*w, C)
@@ -581,9 +561,7 @@ class Eva02(Backbone):
         """Replace the classifier (0 = none: forward returns the pooled, fc_norm-ed features); ``global_pool`` also
         changes the pooling ('' = none: forward returns every token). The norm placement stays as built."""
         if global_pool is not None:
-            if global_pool not in POOL_TYPES or (global_pool == "token" and self.cls_token is None):
-                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_pool_type(global_pool, POOL_TYPES if self.cls_token is not None else BASE_POOL_TYPES)
         ref = self.pos_embed
         self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
                      else nn.Identity())

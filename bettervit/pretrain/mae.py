@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..models.hiera import (OFFICIAL_URL, SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units,
                             resample_temporal, resize_pos_embeds)
+from ..models.base import img_size_hw
 from ..registry import register_model
 
 
@@ -127,7 +128,8 @@ class MaskedAutoencoderHiera(Hiera):
     def _check(self, x: Tensor, fixed: tuple[int, ...] | None = None) -> None:
         # the decoder's position embedding and the mask fix the input size
         cfg = self.config
-        super()._check(x, fixed=(cfg.num_frames, *cfg.img_hw) if cfg.is_video else cfg.img_hw)
+        hw = img_size_hw(cfg.img_size)
+        super()._check(x, fixed=(cfg.num_frames, *hw) if cfg.is_video else hw)
 
     @property
     def num_units(self) -> int:
@@ -141,7 +143,7 @@ class MaskedAutoencoderHiera(Hiera):
     def forward_encoder(self, x: Tensor, mask: Tensor) -> Tensor:
         """Images + mask (True = visible) -> fused latent (B, n_visible, u, u, C_enc), u = final unit side (2)."""
         cfg = self.config
-        take = set(range(cfg.q_pool)) | {len(cfg.stages) - 1}
+        take = set(range(cfg.q_pool)) | {len(cfg.depths) - 1}
         _, outs = self.forward_tokens(x, visible=mask, take=take)
         n_vis = int(mask[0].sum())
         fused = 0.0
@@ -172,7 +174,7 @@ class MaskedAutoencoderHiera(Hiera):
         patch_visible = mask.view(B, t, mh, 1, mw, 1).expand(B, t, mh, u, mw, u).reshape(B, -1)
         x = x + self.decoder_pos_embed
         for block in self.decoder_blocks:
-            x = self._run(block, x)
+            x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x)), patch_visible
 
     def patchify(self, x: Tensor) -> Tensor:
@@ -387,7 +389,7 @@ def mae_hiera_nano_video() -> MAEHieraConfig:
     """MAE with the hiera_nano_video encoder (8 frames of 64 px: 4 x 2 x 2 = 16 mask units) and mae_hiera_nano's
     decoder, for demos and tests. Mask ratio 0.75 (4 visible units): 0.9 would leave one unit of sixteen."""
     return MAEHieraConfig(
-        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, num_frames=8, decoder_dim=64, decoder_depth=2,
+        embed_dim=32, num_heads=1, depths=(1, 1, 2, 1), img_size=64, num_frames=8, decoder_dim=64, decoder_depth=2,
         decoder_heads=2, mask_ratio=0.75,
     )
 
@@ -399,6 +401,6 @@ def mae_hiera_nano() -> MAEHieraConfig:
     At 64 px the image holds only 2x2 mask units (of 32 px); masking half of them (2 visible) gave better features
     on the digits than 0.6 (which leaves 1 visible unit): benchmarks/README.md, few-label table."""
     return MAEHieraConfig(
-        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2,
+        embed_dim=32, num_heads=1, depths=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2,
         mask_ratio=0.5,
     )
