@@ -298,9 +298,24 @@ class MaskUnitAttention(nn.Module):
         return x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
 
 
-class HieraBlock(nn.Module):
-    """Pre-norm transformer block. At a stage's first block the width changes: the residual is projected from the
-    normed input and max-pooled like the queries, so the block maps (B, N, C) -> (B, N / q_stride, C_out)."""
+class StageBlock(nn.Module):
+    """The pre-norm block every Hiera is made of (Hiera, HieraDet): ``norm1`` -> ``attn`` and ``norm2`` -> ``mlp``
+    residual branches; at a stage's first block the width changes, the residual taken as ``proj`` of the normed
+    input (and pooled like the queries). Subclasses give the attention and the forward."""
+
+    def __init__(self, dim: int, dim_out: int, attn: nn.Module, mlp_ratio: float, eps: float) -> None:
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
+
+
+class HieraBlock(StageBlock):
+    """Hiera's block: mask-unit or global attention over (B, N, C) tokens in mask-unit order. At a stage's first
+    block the residual is max-pooled like the queries, so the block maps (B, N, C) -> (B, N / q_stride, C_out)."""
 
     def __init__(
         self,
@@ -315,14 +330,10 @@ class HieraBlock(nn.Module):
         unit_attn: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        self.dim, self.dim_out, self.q_stride, self.window_size = dim, dim_out, q_stride, window_size
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn)
+        super().__init__(dim, dim_out, MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn),
+                         mlp_ratio, eps)
+        self.q_stride, self.window_size = q_stride, window_size
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
     def forward(self, x: Tensor) -> Tensor:
         x_norm = self.norm1(x)
@@ -379,9 +390,26 @@ class HieraTrunk(Backbone):
     #: the axes the head pools: token axis 1 for (B, N, C) tokens, (1, 2) for channels-last maps
     head_pool_dim: int | tuple[int, ...] = 1
 
+    def __init__(self, config: HieraTrunkConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.num_classes = config.num_classes
+        self._make_embeddings()
+        self._build_stages()
+        self._make_head()
+        self._init_weights()
+
+    def _make_embeddings(self) -> None:
+        """``patch_embed`` and the position embedding(s)."""
+        raise NotImplementedError
+
     def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
                     drop_path: float) -> nn.Module:
         """Block ``i``; ``stage`` is the stage of the block before it (the attention switch lags one block)."""
+        raise NotImplementedError
+
+    def _init_weights(self) -> None:
         raise NotImplementedError
 
     def _build_stages(self) -> None:
@@ -438,6 +466,15 @@ class HieraTrunk(Backbone):
         taps = self._taps(coarse)
         take, last = feature_take_indices(len(taps), indices)
         return [taps[i] for i in take], min(taps[last] if stop_early else len(self.blocks) - 1, len(self.blocks) - 1)
+
+    def _check_intermediate_args(self, norm: bool, output_fmt: str, fmts: Sequence[str]) -> bool:
+        """One-line ValueErrors for forward_intermediates' ``norm`` (refused, as timm: the trunk has no norm over
+        its maps, the head's norm comes after pooling) and ``output_fmt``; returns whether it is channels-last."""
+        if norm:
+            raise ValueError(f"{type(self).__name__} has no norm over its feature maps; pass norm=False")
+        if output_fmt not in fmts:
+            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, fmts))}, got {output_fmt!r}")
+        return output_fmt in ("NHWC", "NTHWC")
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True, coarse: bool = True
@@ -499,11 +536,8 @@ class Hiera(HieraTrunk):
     # simplifying: export one size per graph
     export_dynamic_hw = False
 
-    def __init__(self, config: HieraConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = cfg = config
-        self.num_classes = cfg.num_classes
+    def _make_embeddings(self) -> None:
+        cfg = self.config
         self.patch_embed = PatchEmbed(cfg)
         h, w = cfg.token_grid
         if cfg.is_video:  # separable, as the official video models: spatial (raster h, w) + temporal (t)
@@ -512,9 +546,6 @@ class Hiera(HieraTrunk):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))  # raster order, build-size grid
         self._pos_cache = ResampledPosEmbedCache()  # run-time grid -> resampled position embedding
-        self._build_stages()
-        self._make_head()
-        self._init_weights()
 
     def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
                     drop_path: float) -> nn.Module:
@@ -727,11 +758,7 @@ class Hiera(HieraTrunk):
         """
         video = self.config.is_video
         fmts = ("NCHW", "NHWC", "NCTHW", "NTHWC") if video else ("NCHW", "NHWC")
-        if norm:
-            raise ValueError("Hiera has no norm for intermediate features; pass norm=False")
-        if output_fmt not in fmts:
-            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, fmts))}, got {output_fmt!r}")
-        channels_last = output_fmt in ("NHWC", "NTHWC")
+        channels_last = self._check_intermediate_args(norm, output_fmt, fmts)
         if mask is not None:
             self._check_mask(mask, x)
             if not channels_last:

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import DropPath, Mlp
+from ..layers import DropPath
 from ..registry import register_model
 from .base import img_size_hw
-from .hiera import HieraTrunk, HieraTrunkConfig, official_hiera_key
+from .hiera import HieraTrunk, HieraTrunkConfig, StageBlock, official_hiera_key
 
 
 @dataclass
@@ -143,7 +143,7 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class MultiScaleBlock(nn.Module):
+class MultiScaleBlock(StageBlock):
     """Pre-norm transformer block on a channels-last map, window or global attention.
 
     At a stage's first block the width changes (``proj`` maps the normed input to ``dim_out``) and, with
@@ -164,15 +164,10 @@ class MultiScaleBlock(nn.Module):
         init_values: float | None = None,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        self.dim, self.dim_out, self.window_size, self.q_stride = dim, dim_out, window_size, q_stride
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride)
+        super().__init__(dim, dim_out, MultiScaleAttention(dim, dim_out, num_heads, q_stride), mlp_ratio, eps)
+        self.window_size, self.q_stride = window_size, q_stride
         self.ls1 = LayerScale(dim_out, init_values) if init_values is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
         self.ls2 = LayerScale(dim_out, init_values) if init_values is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -240,17 +235,11 @@ class HieraDet(HieraTrunk):
     head_pool_dim = (1, 2)  # the head pools channels-last maps (B, H, W, C)
     pos_embed_names = ("pos_embed", "pos_embed_window")
 
-    def __init__(self, config: HieraDetConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = cfg = config
-        self.num_classes = cfg.num_classes
+    def _make_embeddings(self) -> None:
+        cfg = self.config
         self.patch_embed = PatchEmbed(cfg)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.global_pos_size))  # background
         self.pos_embed_window = nn.Parameter(torch.zeros(1, cfg.embed_dim, cfg.window_spec[0], cfg.window_spec[0]))
-        self._build_stages()
-        self._make_head()
-        self._init_weights()
 
     def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
                     drop_path: float) -> nn.Module:
@@ -292,14 +281,8 @@ class HieraDet(HieraTrunk):
         return self._run_blocks(self.embed(x))[0]
 
     def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = True,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-        coarse: bool = True,
+        self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False, stop_early: bool = True,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, coarse: bool = True,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs (``coarse``, the default: 4 levels, strides 4-32) or block outputs, as timm's.
 
@@ -308,13 +291,10 @@ class HieraDet(HieraTrunk):
         final map is that level's. ``norm`` is not supported (the encoder has no norm over its maps), as in timm.
         Returns ``(final NHWC map, [maps])``, or the maps only with ``intermediates_only``.
         """
-        if norm:
-            raise ValueError("HieraDet has no norm over its feature maps; use norm=False")
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        channels_last = self._check_intermediate_args(norm, output_fmt, ("NCHW", "NHWC"))
         take, last = self._intermediate_blocks(indices, stop_early, coarse)
         x, outs = self._run_blocks(self.embed(x), take, last)
-        maps = [o.permute(0, 3, 1, 2) for o in outs] if output_fmt == "NCHW" else outs
+        maps = outs if channels_last else [o.permute(0, 3, 1, 2) for o in outs]
         return maps if intermediates_only else (x, maps)
 
     # --- training helpers ---------------------------------------------------------------------------------------
