@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from .bench import in_chans, model_img_size
+from .models.facts import in_chans, model_img_size
 
 log = logging.getLogger(__name__)
 
