@@ -28,6 +28,7 @@ One forward per block, for every backend; the CPU inference kernels are a separa
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from ..layers import POOL_TYPES, DropPath, Mlp, NormClassifierHead, ResampledPosEmbedCache, check_pool_type
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..registry import register_model
+from ..registry import register_model, register_variant
 from .base import Backbone, feature_take_indices, img_size_hw
 
 
@@ -268,9 +269,10 @@ class MaskUnitAttention(nn.Module):
     N // (q_stride * window_size) (also with MAE, where only visible units are present).
     """
 
-    def __init__(self, dim: int, dim_out: int, heads: int, q_stride: int, window_size: int, unit_attn: bool) -> None:
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_stride: int, window_size: int,
+                 unit_attn: bool) -> None:
         super().__init__()
-        self.dim_out, self.heads, self.head_dim = dim_out, heads, dim_out // heads
+        self.dim_out, self.num_heads, self.head_dim = dim_out, num_heads, dim_out // num_heads
         self.q_stride, self.window_size, self.unit_attn = q_stride, window_size, unit_attn
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
@@ -290,10 +292,10 @@ class MaskUnitAttention(nn.Module):
             G, T, U = B, N, N // (self.q_stride * self.window_size) if self.q_stride > 1 else 1
         # (G, T, 3, nh, hd) -> 3 x (G, nh, T, hd) views. Unbinding dim 2 (not permuting 3 to the front first) makes
         # the backward stack the three gradients straight into the token-major layout the qkv matmul reads: one copy.
-        q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.heads, self.head_dim).unbind(2))
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.num_heads, self.head_dim).unbind(2))
         if self.q_stride > 1:  # the 2x2 window is the leading pair inside each unit (see unroll)
-            q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
-            q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
+            q = q.reshape(G, self.num_heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
+            q = window_max(q, dim=3).view(G, self.num_heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
         return x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
 
@@ -321,7 +323,7 @@ class HieraBlock(StageBlock):
         self,
         dim: int,
         dim_out: int,
-        heads: int,
+        num_heads: int,
         *,
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
@@ -330,7 +332,7 @@ class HieraBlock(StageBlock):
         unit_attn: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__(dim, dim_out, MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn),
+        super().__init__(dim, dim_out, MaskUnitAttention(dim, dim_out, num_heads, q_stride, window_size, unit_attn),
                          mlp_ratio, eps)
         self.q_stride, self.window_size = q_stride, window_size
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -526,7 +528,7 @@ def official_hiera_key(k: str) -> str:
 # The model
 # ---------------------------------------------------------------------------------------------------------------
 class Hiera(HieraTrunk):
-    """Hiera classifier. ``forward_tokens`` is the encoder shared with the MAE model (bettervit.models.mae_hiera).
+    """Hiera classifier. ``forward_tokens`` is the encoder shared with the MAE model (bettervit.pretrain.mae).
 
     Attributes as timm's Hiera: ``num_classes``, ``num_features`` (width of the last kept block),
     ``head_hidden_size``, ``feature_info`` (one dict per stage: num_chs, reduction, module).
@@ -800,19 +802,19 @@ SIZES: dict[str, dict] = {
 }
 
 
-def _register(size: str) -> None:
-    name = f"hiera_{size}_224"
-
-    def variant() -> HieraConfig:
-        return HieraConfig(**SIZES[size])
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"Hiera-{size} at 224x224 (MAE IN-1k pretrained, IN-1k fine-tuned weights)."
-    register_model(Hiera, weights=f"timm/{name}.mae_in1k_ft_in1k", family="hiera")(variant)
-
-
-for _size in SIZES:
-    _register(_size)
+#: image classifiers: name -> size (default weights timm/<name>.mae_in1k_ft_in1k)
+IMAGE_VARIANTS: dict[str, str] = {
+    "hiera_tiny_224": "tiny",
+    "hiera_small_224": "small",
+    "hiera_base_224": "base",
+    "hiera_base_plus_224": "base_plus",
+    "hiera_large_224": "large",
+    "hiera_huge_224": "huge",
+}
+for _name, _size in IMAGE_VARIANTS.items():
+    register_variant(Hiera, _name, functools.partial(HieraConfig, **SIZES[_size]),
+                     f"Hiera-{_size} at 224x224 (MAE IN-1k pretrained, IN-1k fine-tuned weights).",
+                     weights=f"timm/{_name}.mae_in1k_ft_in1k", family="hiera")
 
 
 @register_model(Hiera, family="hiera")
@@ -833,26 +835,23 @@ def hiera_nano_video() -> HieraConfig:
 # ``hiera_*_16x224``): 16 frames at 224 px, 400 classes. Their weights are not on the Hugging Face hub; the official
 # files (dl.fbaipublicfiles.com) load as they are (pretrained=PATH). Normalisation: the official code uses the
 # ImageNet mean / std for Kinetics too.
-VIDEO_SIZES = ("base", "base_plus", "large", "huge")
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/hiera/{name}.pth"
-
-
-def _register_video(size: str) -> None:
-    name = f"hiera_{size}_16x224"
-
-    def variant() -> HieraConfig:
-        return HieraConfig(**SIZES[size], num_frames=16, num_classes=400)
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"Hiera-{size} for video, 16 frames at 224x224 (MAE K400 pretrained, K400 fine-tuned weights)."
-    cfg = dict(url=OFFICIAL_URL.format(name=name), tag="mae_k400_ft_k400", num_classes=400,
-               input_size=[3, 16, 224, 224], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-               license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
-    register_model(Hiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
-
-
-for _size in VIDEO_SIZES:
-    _register_video(_size)
+#: video classifiers: name -> size
+VIDEO_VARIANTS: dict[str, str] = {
+    "hiera_base_16x224": "base",
+    "hiera_base_plus_16x224": "base_plus",
+    "hiera_large_16x224": "large",
+    "hiera_huge_16x224": "huge",
+}
+for _name, _size in VIDEO_VARIANTS.items():
+    register_variant(
+        Hiera, _name, functools.partial(HieraConfig, **SIZES[_size], num_frames=16, num_classes=400),
+        f"Hiera-{_size} for video, 16 frames at 224x224 (MAE K400 pretrained, K400 fine-tuned weights).",
+        family="hiera",
+        pretrained_cfg=dict(url=OFFICIAL_URL.format(name=_name), tag="mae_k400_ft_k400", num_classes=400,
+                            input_size=[3, 16, 224, 224], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                            license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989"),
+    )
 
 
 def resample_temporal(pos: Tensor, t: int) -> Tensor:

@@ -15,6 +15,7 @@ Input sizes: any H x W multiple of 32, with the partition (window = grid) the mo
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,7 +26,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..layers import DropPath, Mlp, NormClassifierHead
-from ..registry import register_model
+from ..registry import register_model, register_variant
 from .base import Backbone, feature_take_indices, img_size_hw
 
 
@@ -445,7 +446,7 @@ class MaxViT(Backbone):
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        return convert_timm_checkpoint(state_dict, self)
+        return convert_checkpoint(state_dict, self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,28 +459,32 @@ _SIZES = {
     "large": dict(embed_dims=(128, 256, 512, 1024), depths=(2, 6, 14, 2), stem_width=128),
     "xlarge": dict(embed_dims=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width=192),
 }
-# xlarge has no ImageNet-1k-only weights: at 384/512 timm's default is the IN-21k fine-tuned one, and at 224 it is
-# the IN-21k model itself, with 21843 classes (as timm builds it).
-_TAG = {"tiny": "in1k", "small": "in1k", "base": "in1k", "large": "in1k", "xlarge": "in21k_ft_in1k"}
-
-
-def _register(size: str, res: int) -> None:
-    name = f"maxvit_{size}_tf_{res}"
-
-    in21k = size == "xlarge" and res == 224
-
-    def variant() -> MaxViTConfig:
-        return MaxViTConfig(img_size=res, num_classes=21843 if in21k else 1000, **_SIZES[size])
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"MaxViT-{size[0].upper()} at {res}x{res} (window {res // 32})."
-    tag = "in21k" if in21k else _TAG[size]
-    register_model(MaxViT, weights=f"timm/{name}.{tag}", family="maxvit")(variant)
-
-
-for _size in _SIZES:
-    for _res in (224, 384, 512):
-        _register(_size, _res)
+# name -> (size, resolution, default weight tag). xlarge has no ImageNet-1k-only weights: at 384/512 timm's default
+# is the IN-21k fine-tuned one, and at 224 it is the IN-21k model itself, with 21843 classes (as timm builds it).
+VARIANTS: dict[str, tuple[str, int, str]] = {
+    "maxvit_tiny_tf_224": ("tiny", 224, "in1k"),
+    "maxvit_tiny_tf_384": ("tiny", 384, "in1k"),
+    "maxvit_tiny_tf_512": ("tiny", 512, "in1k"),
+    "maxvit_small_tf_224": ("small", 224, "in1k"),
+    "maxvit_small_tf_384": ("small", 384, "in1k"),
+    "maxvit_small_tf_512": ("small", 512, "in1k"),
+    "maxvit_base_tf_224": ("base", 224, "in1k"),
+    "maxvit_base_tf_384": ("base", 384, "in1k"),
+    "maxvit_base_tf_512": ("base", 512, "in1k"),
+    "maxvit_large_tf_224": ("large", 224, "in1k"),
+    "maxvit_large_tf_384": ("large", 384, "in1k"),
+    "maxvit_large_tf_512": ("large", 512, "in1k"),
+    "maxvit_xlarge_tf_224": ("xlarge", 224, "in21k"),
+    "maxvit_xlarge_tf_384": ("xlarge", 384, "in21k_ft_in1k"),
+    "maxvit_xlarge_tf_512": ("xlarge", 512, "in21k_ft_in1k"),
+}
+for _name, (_size, _res, _tag) in VARIANTS.items():
+    register_variant(
+        MaxViT, _name,
+        functools.partial(MaxViTConfig, img_size=_res, num_classes=21843 if _tag == "in21k" else 1000, **_SIZES[_size]),
+        f"MaxViT-{_size[0].upper()} at {_res}x{_res} (window {_res // 32}).",
+        weights=f"timm/{_name}.{_tag}", family="maxvit",
+    )
 
 
 @register_model(MaxViT, family="maxvit")
@@ -499,7 +504,7 @@ def resize_rel_pos_table(table: Tensor, partition: tuple[int, int]) -> Tensor:
     return F.interpolate(table[None].float(), size=size, mode="bicubic", align_corners=False)[0].to(table.dtype)
 
 
-def convert_timm_checkpoint(state_dict: dict[str, Tensor], model: MaxViT) -> dict[str, Tensor]:
+def convert_checkpoint(state_dict: dict[str, Tensor], model: MaxViT) -> dict[str, Tensor]:
     """timm ``maxvit_*_tf_*`` state dict -> ours. Keys are identical by design; bias tables follow img_size, and a
     timm head built without pooling (1x1 convs, (out, in, 1, 1)) loads into our linears (out, in)."""
     out = {}
