@@ -21,8 +21,8 @@ Video (the paper's Kinetics models, ``hiera_*_16x224``; ``HieraConfig.num_frames
 (B, C, T, H, W): a 3x7x7 stride-2x4x4 patch conv, a separable position embedding (spatial + temporal, the official
 names) and mask units of 1x8x8 tokens, so the blocks are unchanged; see the token-order note above ``unroll``.
 
-The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
-map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load
+The file reads top to bottom: config -> token order -> attention -> block -> the trunk shared with HieraDet
+(``HieraTrunk``) -> model -> variants -> checkpoint key map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load
 (video: timm has no video Hiera; the official names, which are ours but for the head, likewise).
 One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """

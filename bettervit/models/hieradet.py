@@ -22,7 +22,7 @@ no parameter depends on the input size. Parameter names equal timm's ``sam2_hier
 checkpoints are mapped on load (see the key map at the end).
 
 The file reads top to bottom: config -> windows and pooling -> attention and block -> position embedding, patch
-embedding, head -> model -> variants -> checkpoint key map.
+embedding -> model (on the trunk of models/hiera.py: stages, block runner, head) -> variants -> checkpoint key map.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class MultiScaleBlock(StageBlock):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Position embedding, patch embedding, head
+# Position embedding, patch embedding
 # ---------------------------------------------------------------------------------------------------------------
 def windowed_pos_embed(background: Tensor, window: Tensor, hw: tuple[int, int]) -> Tensor:
     """Windowed absolute position embedding for an (h, w) token grid -> (1, h, w, C).
