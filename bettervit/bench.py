@@ -39,7 +39,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from .models.facts import (  # noqa: F401  (the model facts, re-exported for the benchmarks)
+    count_flops, count_model, in_chans, model_flops, model_img_size, model_input_shape, step_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,96 +78,8 @@ def gpu_peak_tflops(device_name: str, amp: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Counting
+# Peak throughput
 # ---------------------------------------------------------------------------------------------------------------
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (a multiply-add counts 2)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def step_loss(out: Any) -> Tensor:
-    """The scalar a training step differentiates: fp32 log-sum-exp of the logits (any output with ``.loss`` uses it)."""
-    if hasattr(out, "loss"):
-        return out.loss
-    out = out[0] if isinstance(out, tuple) else out
-    return out.float().logsumexp(-1).mean()
-
-
-def _meta_model(name: str, **kwargs: Any) -> nn.Module:
-    from . import create_model
-
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
-
-
-def in_chans(model: nn.Module) -> int:
-    """Input channels of a model (timm's attribute, else bettervit's config)."""
-    return int(getattr(model, "in_chans", None) or getattr(getattr(model, "config", None), "in_chans", 3))
-
-
-def model_img_size(model: nn.Module) -> tuple[int, int]:
-    """(H, W) the model was built for: ``config.img_size`` or timm's ``pretrained_cfg['input_size']``."""
-    size = getattr(getattr(model, "config", None), "img_size", None)
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def model_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """One input of the build size without the batch: (C, H, W), or (C, T, H, W) for a video model."""
-    shape = getattr(getattr(model, "config", None), "input_shape", None)
-    return tuple(shape) if shape is not None else (in_chans(model), *model_img_size(model))
-
-
-def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train: bool, **kwargs: Any) -> int:
-    """FLOPs of one inference forward (``train=False``) or one training step (forward + backward) of a registered
-    model on a batch, counted on the meta device. Raises when the model cannot run there (data-dependent shapes)."""
-    model = _meta_model(name, img_size=img_size, **kwargs)
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.empty(batch, in_chans(model), *model_input_shape(model)[1:-2], h, w, device="meta")
-    model.train(train)
-    if train:
-        return count_flops(lambda: step_loss(model(x)).backward())
-    with torch.no_grad():
-        return count_flops(lambda: model(x))
-
-
-def count_model(name: str) -> dict[str, Any]:
-    """``{img_size, params, flops}`` of a registered model at its default input size, batch 1 (video models:
-    img_size is [T, H, W]): parameters and the FLOPs of one forward, built and run on the meta device (no memory, no
-    arithmetic, so the largest variants cost what the smallest do). A model that cannot run on meta (MAE's random masking selects tokens with data-dependent
-    shapes) is counted on the CPU instead, seeded, at its default mask ratio. ``flops`` is None if neither works."""
-    from . import create_model
-
-    model = _meta_model(name)
-    h, w = model_img_size(model)
-    shape = model_input_shape(model)
-    res: dict[str, Any] = {"img_size": list(shape[1:]) if len(shape) == 4 else h if h == w else [h, w],
-                           "params": sum(p.numel() for p in model.parameters()), "flops": None}
-    x = torch.empty(1, *shape, device="meta")
-    try:
-        with torch.no_grad():
-            res["flops"] = count_flops(lambda: model.eval()(x))
-        return res
-    except Exception as e:  # noqa: BLE001 - data-dependent shapes: count on the CPU
-        log.debug("%s: cannot count FLOPs on the meta device (%s); counting on the CPU", name, e)
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        torch.manual_seed(0)
-        cpu = create_model(name).eval()
-        # the plain math: grad enabled (no CPU inference kernel hides from the counter) and SDPA's math backend (the
-        # counter has no formula for the CPU flash-attention op; on meta SDPA is counted as its matmuls)
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, *shape)))
-    except Exception as e:  # noqa: BLE001
-        log.debug("%s: cannot count FLOPs: %s", name, e)
-    return res
-
-
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> float:
     """Measured matmul throughput of this device in ``dtype`` (best of ``repeats``), MFU's denominator on a CPU."""

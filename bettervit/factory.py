@@ -22,7 +22,6 @@ from typing import Any, Sequence
 from torch import nn
 
 from . import models as _models  # noqa: F401  (importing the model package registers every variant)
-from .pretrain import mae as _mae  # noqa: F401  (registers the mae_hiera_* variants)
 from .registry import REGISTRY, ModelEntry
 
 log = logging.getLogger(__name__)
