@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bettervit
-from bettervit.cli import model_counts
+from bettervit.models.facts import model_counts
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 TOL = 1e-4
