@@ -286,8 +286,25 @@ def compare(
                 flops = count_flops(steps[next(iter(models))] if train else (lambda: first(x)))
         except Exception as e:  # noqa: BLE001
             log.debug("cannot count FLOPs: %s", e)
+    _warm_up(steps, results, dev, warmup, flops, mode, min_repeat_s)
+    _timed_repeats(steps, results, dev, repeats)
+    if measure_memory:
+        for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
+            with PeakMemory(dev) as mem:
+                step()
+            results[k].peak_mb = mem.mb
+    for k, m in models.items():  # free the gradients of the training steps
+        if train:
+            m.zero_grad(set_to_none=True)
+    return [results[k] for k in models]
+
+
+def _warm_up(steps: dict[str, Callable[[], None]], results: dict[str, "Result"], dev: torch.device, warmup: int,
+             flops: int | None, mode: str, min_repeat_s: float) -> None:
+    """Warm-up calls (the first compiles a compiled model); sets each result's first-call time and steps per
+    repeat (enough to last ``min_repeat_s``). An implementation that raises is reported and dropped from ``steps``."""
     last: dict[str, float] = {}
-    for k, step in list(steps.items()):  # warm-up; the first call compiles a compiled model
+    for k, step in list(steps.items()):
         results[k].flops = flops
         try:
             for i in range(max(1, warmup)):
@@ -304,6 +321,12 @@ def compare(
             del steps[k]
     for k in steps:
         results[k].steps_per_repeat = max(1, int(min_repeat_s / max(last[k], 1e-6)) + 1) if min_repeat_s else 1
+
+
+def _timed_repeats(steps: dict[str, Callable[[], None]], results: dict[str, "Result"], dev: torch.device,
+                   repeats: int) -> None:
+    """``repeats`` rounds, interleaved implementation by implementation so drift hits all alike; appends seconds
+    per step to each result. An implementation that raises is reported and dropped from ``steps``."""
     for _ in range(repeats):
         for k, step in list(steps.items()):
             n = results[k].steps_per_repeat
@@ -317,15 +340,6 @@ def compare(
             except Exception as e:  # noqa: BLE001
                 results[k].error = short_error(e)
                 del steps[k]
-    if measure_memory:
-        for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
-            with PeakMemory(dev) as mem:
-                step()
-            results[k].peak_mb = mem.mb
-    for k, m in models.items():  # free the gradients of the training steps
-        if train:
-            m.zero_grad(set_to_none=True)
-    return [results[k] for k in models]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -475,43 +489,13 @@ def run_benchmark(
     frames = model_input_shape(ours)[1:-2]  # video models: (T,)
     x = torch.randn(batch_size, in_chans(ours), *frames, h, w, device=dev)
 
-    if peak_tflops is None:
-        if dev.type == "cuda":
-            peak_tflops = gpu_peak_tflops(torch.cuda.get_device_name(dev), amp)
-            peak_src = "table" if peak_tflops else "unknown GPU (pass --peak-tflops)"
-        else:
-            dtype = AMP_DTYPES[amp] or torch.float32
-            peak_tflops = matmul_peak_gflops(device=dev, dtype=dtype) / 1e3
-            peak_src = f"measured {str(dtype).replace('torch.', '')} matmul"
-    else:
-        peak_src = "given"
+    peak_tflops, peak_src = _resolve_peak(dev, amp, peak_tflops)
     setup = _setup(model, batch_size, (h, w), dev, amp, compile, compile_mode, peak_tflops, peak_src)
-    print_fn(f"{model}  batch {batch_size}  {h}x{w}  {setup['device_name']}  amp {amp}  "
-             f"{'compile' + (f' ({compile_mode})' if compile_mode else '') if compile else 'eager'}  "
-             f"torch {torch.__version__}  timm {setup['timm'] or '-'}  threads {torch.get_num_threads()}  "
-             f"peak {_fmt_peak(peak_tflops)} ({peak_src})")
-    print_fn("train step = zero_grad + forward + backward of a log-sum-exp loss (no optimizer step); "
-             "peak MB above the weights; first s = first call (compilation for compiled models)")
-    header = f"{'mode':<6}{'impl':<15}{'img/s':>10}{'ms/step':>10}{'ratio':>8}{'GFLOP/img':>11}{'MFU':>7}" \
-             f"{'peak MB':>10}{'first s':>9}"
-    print_fn(header)
+    _print_header(print_fn, setup, model, batch_size, (h, w), amp, compile, compile_mode, peak_tflops, peak_src)
     all_results: list[Result] = []
     for mode in (["infer", "train"] if train else ["infer"]):
-        is_train = mode == "train"
-        # compiled training steps only when asked for (on the CPU the defaults compile for inference alone)
-        names = impls if (explicit or compile or not is_train) else [i for i in impls if not i.endswith("compiled")]
-        try:
-            flops = model_flops(model, batch_size, h if h == w else (h, w), train=is_train)
-        except Exception as e:  # noqa: BLE001 - counted on the real model by compare()
-            log.debug("%s: cannot count FLOPs on meta (%s)", model, e)
-            flops = None
-        mods, skipped = build_impls(names, ours, ref, train=is_train, compile_mode=compile_mode,
-                                    compile_backend=compile_backend)
-        freeze = dev.type == "cpu" and not is_train and compile_backend == "inductor"
-        with _inductor_freezing() if freeze else contextlib.nullcontext():
-            results = compare(mods, x, train=is_train, warmup=warmup, repeats=repeats, amp=amp, flops=flops,
-                              min_repeat_s=0.05 if dev.type == "cuda" else 0.0)
-        results += [Result(k, mode, batch_size, error=f"skipped: {why}") for k, why in skipped.items()]
+        results = _bench_mode(mode, model, ours, ref, x, impls, explicit, compile, compile_mode, compile_backend,
+                              warmup, repeats, amp)
         ok = [r for r in results if r.ok]
         base = next((r for r in ok if r.name == "timm-compiled"), None) or next((r for r in ok if r.name == "timm"),
                                                                              None) or (ok[0] if ok else None)
@@ -524,6 +508,55 @@ def run_benchmark(
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     return report
+
+
+def _print_header(print_fn: Callable[[str], None], setup: dict[str, Any], model: str, batch_size: int,
+                  hw: tuple[int, int], amp: str, compile: bool, compile_mode: str | None, peak_tflops: float | None,
+                  peak_src: str) -> None:
+    """The set-up line, what a step is, and the column header of the table."""
+    h, w = hw
+    print_fn(f"{model}  batch {batch_size}  {h}x{w}  {setup['device_name']}  amp {amp}  "
+             f"{'compile' + (f' ({compile_mode})' if compile_mode else '') if compile else 'eager'}  "
+             f"torch {torch.__version__}  timm {setup['timm'] or '-'}  threads {torch.get_num_threads()}  "
+             f"peak {_fmt_peak(peak_tflops)} ({peak_src})")
+    print_fn("train step = zero_grad + forward + backward of a log-sum-exp loss (no optimizer step); "
+             "peak MB above the weights; first s = first call (compilation for compiled models)")
+    header = f"{'mode':<6}{'impl':<15}{'img/s':>10}{'ms/step':>10}{'ratio':>8}{'GFLOP/img':>11}{'MFU':>7}" \
+             f"{'peak MB':>10}{'first s':>9}"
+    print_fn(header)
+
+
+def _resolve_peak(dev: torch.device, amp: str, peak_tflops: float | None) -> tuple[float | None, str]:
+    """The MFU denominator and where it came from: given, the GPU table, or a matmul measured here."""
+    if peak_tflops is not None:
+        return peak_tflops, "given"
+    if dev.type == "cuda":
+        peak = gpu_peak_tflops(torch.cuda.get_device_name(dev), amp)
+        return peak, "table" if peak else "unknown GPU (pass --peak-tflops)"
+    dtype = AMP_DTYPES[amp] or torch.float32
+    return matmul_peak_gflops(device=dev, dtype=dtype) / 1e3, f"measured {str(dtype).replace('torch.', '')} matmul"
+
+
+def _bench_mode(mode: str, model: str, ours: nn.Module, ref: nn.Module | None, x: Tensor, impls: list[str],
+                explicit: bool, compile: bool, compile_mode: str | None, compile_backend: str, warmup: int,
+                repeats: int, amp: str) -> list["Result"]:
+    """One mode's rows (``infer`` or ``train``): builds the implementations, counts FLOPs on meta, times them."""
+    is_train = mode == "train"
+    batch_size, (h, w) = x.shape[0], x.shape[-2:]
+    # compiled training steps only when asked for (on the CPU the defaults compile for inference alone)
+    names = impls if (explicit or compile or not is_train) else [i for i in impls if not i.endswith("compiled")]
+    try:
+        flops = model_flops(model, batch_size, h if h == w else (h, w), train=is_train)
+    except Exception as e:  # noqa: BLE001 - counted on the real model by compare()
+        log.debug("%s: cannot count FLOPs on meta (%s)", model, e)
+        flops = None
+    mods, skipped = build_impls(names, ours, ref, train=is_train, compile_mode=compile_mode,
+                                compile_backend=compile_backend)
+    freeze = x.device.type == "cpu" and not is_train and compile_backend == "inductor"
+    with _inductor_freezing() if freeze else contextlib.nullcontext():
+        results = compare(mods, x, train=is_train, warmup=warmup, repeats=repeats, amp=amp, flops=flops,
+                          min_repeat_s=0.05 if x.device.type == "cuda" else 0.0)
+    return results + [Result(k, mode, batch_size, error=f"skipped: {why}") for k, why in skipped.items()]
 
 
 def _fmt_peak(tflops: float | None) -> str:
