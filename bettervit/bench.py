@@ -496,9 +496,7 @@ def run_benchmark(
     for mode in (["infer", "train"] if train else ["infer"]):
         results = _bench_mode(mode, model, ours, ref, x, impls, explicit, compile, compile_mode, compile_backend,
                               warmup, repeats, amp)
-        ok = [r for r in results if r.ok]
-        base = next((r for r in ok if r.name == "timm-compiled"), None) or next((r for r in ok if r.name == "timm"),
-                                                                             None) or (ok[0] if ok else None)
+        base = _ratio_base(results)
         for r in results:
             print_fn(_row(r, base, peak_tflops, batch_size))
         all_results += results
@@ -524,6 +522,13 @@ def _print_header(print_fn: Callable[[str], None], setup: dict[str, Any], model:
     header = f"{'mode':<6}{'impl':<15}{'img/s':>10}{'ms/step':>10}{'ratio':>8}{'GFLOP/img':>11}{'MFU':>7}" \
              f"{'peak MB':>10}{'first s':>9}"
     print_fn(header)
+
+
+def _ratio_base(results: list["Result"]) -> "Result | None":
+    """The row ratios are taken against: timm-compiled where measured, else timm, else the first that ran."""
+    ok = [r for r in results if r.ok]
+    by_name = {r.name: r for r in ok}
+    return by_name.get("timm-compiled") or by_name.get("timm") or (ok[0] if ok else None)
 
 
 def _resolve_peak(dev: torch.device, amp: str, peak_tflops: float | None) -> tuple[float | None, str]:
