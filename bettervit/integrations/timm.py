@@ -125,12 +125,13 @@ def _build_model(name: str, forced: bool | str | None, pretrained: Any, pretrain
 
 
 def _convert_on_load(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: a checkpoint in timm's or the official format becomes the model's keys."""
+    """Load-state-dict pre-hook: a checkpoint in timm's or the official format, or made at another size, becomes the
+    model's keys and shapes (``convert_checkpoint``)."""
     if prefix or not state_dict:
         return
-    own = module.state_dict().keys()
-    if set(state_dict) <= set(own):
-        return
+    own = module.state_dict()
+    if all(k in own and own[k].shape == v.shape for k, v in state_dict.items()):
+        return  # the model's own format: nothing to convert
     converted = module.convert_checkpoint(dict(state_dict))
     state_dict.clear()
     state_dict.update(converted)
