@@ -461,8 +461,9 @@ class Hiera(Backbone):
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The (1, h*w, C) raster position embedding for a token grid: the stored one at the build size, else
-        resampled from it (bicubic, no antialias). Resampled tables are cached per grid for inference; with
-        autograd on (training) or while compiling / exporting they are recomputed so gradients and graphs see them.
+        resampled from it (bicubic with antialias, timm's ``resample_abs_pos_embed``). Resampled tables are cached
+        per grid for inference; with autograd on (training) or while compiling / exporting they are recomputed so
+        gradients and graphs see them.
         The cache is a plain attribute (not in the state dict) checked against the parameter's version counter and
         storage, so ``load_state_dict``, optimizer steps and ``.to()`` refresh it. Video: the spatial part."""
         base = self.config.token_grid
@@ -470,12 +471,12 @@ class Hiera(Backbone):
         if tuple(grid) == base:
             return pos
         if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or _exporting():
-            return resample_abs_pos_embed(pos, grid, base)
+            return resample_abs_pos_embed(pos, grid, base, antialias=True)
         key = (tuple(grid), pos.device, pos.dtype)
         stamp = (_version(pos), pos.data_ptr())
         hit = self._pos_cache.get(key)
         if hit is None or hit[0] != stamp:
-            hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base))
+            hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base, antialias=True))
         return hit[1]
 
     def pos_embed_temporal_for(self, t: int) -> Tensor:
