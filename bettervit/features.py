@@ -150,6 +150,8 @@ def _whole_model_checkpoint(module: FeatureGetter, state_dict: dict[str, Tensor]
         return
     own = {k for k in module.model.state_dict()}
     ckpt = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not ckpt:
+        return
     convert = getattr(module.model, "convert_checkpoint", None)
     ckpt = convert(ckpt) if convert is not None else ckpt
     for k in [k for k in state_dict if k.startswith(prefix)]:

@@ -198,6 +198,21 @@ def test_weights_through_timm(timm, tmp_path):
     assert d.pretrained_cfg["input_size"] == [3, 96, 96]
 
 
+def test_vitdet_trunk_weights_through_timm(timm, tmp_path):
+    """A vitdet_ name loads its trunk from an EVA-02 classifier's file (14-pixel kernel resampled to 16)."""
+    torch.manual_seed(3)
+    src = bettervit.create_model("eva02_nano")
+    path = tmp_path / "eva02_nano.pth"
+    torch.save(src.state_dict(), path)
+    det = timm.create_model(f"{PREFIX}vitdet_eva02_nano", pretrained=True, img_size=64,
+                            pretrained_cfg_overlay=dict(file=str(path)), features_only=True, out_indices=(1, 3))
+    trunk = det.model.backbone
+    torch.testing.assert_close(trunk.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
+    assert trunk.patch_embed.proj.weight.shape[-1] == 16 and det.feature_info.reduction() == [8, 32]
+    with torch.no_grad():
+        assert [m.shape[-1] for m in det.eval()(torch.randn(1, 3, 64, 64))] == [8, 2]
+
+
 def _fake_hub_cache(root: Path, repo_id: str, state_dict: dict) -> None:
     """A huggingface_hub cache holding one repo's model.safetensors, as a past download leaves it (no network)."""
     from safetensors.torch import save_file

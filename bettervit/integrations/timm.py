@@ -158,7 +158,8 @@ def _build_vitdet(name: str, forced: bool | str | None, pretrained: Any, pretrai
         kwargs["depth"] = kwargs.pop("vit_depth")
     if kwargs.pop("output_stride", None) not in (None, 32):
         raise ValueError(f"{name} supports only its natural output_stride=32")
-    cfg = factory.get_pretrained_cfg(trunk) if pretrained_cfg is None else _resolve_tag(trunk, pretrained_cfg)[1]
+    trunk, cfg = _resolve_tag(trunk, pretrained_cfg)  # a weight tag stays on the trunk's name
+    cfg = factory.get_pretrained_cfg(trunk) if cfg is None else cfg
     cfg.update(pretrained_cfg_overlay or {})
     if forced and not pretrained:
         pretrained = forced
