@@ -216,27 +216,32 @@ def create_model(
         natural = model.feature_info[-1]["reduction"] if getattr(model, "feature_info", None) else None
         if output_stride != natural:
             raise ValueError(f"{entry.name} supports only its natural output_stride={natural}, got {output_stride}")
-    if features_only:
-        indices = model.default_out_indices if out_indices is None else out_indices
-        feature_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
-        model = _feature_wrapper(model, indices, feature_cls)
-        model.pretrained_cfg = feature_cfg
-        model.default_cfg = feature_cfg
-    elif out_indices is not None or feature_cls is not None:
-        raise ValueError("out_indices and feature_cls are only used with features_only=True")
-    return model
+    return wrap_features(model, features_only, out_indices, feature_cls)
 
 
-def _feature_wrapper(model: nn.Module, indices: Any, feature_cls: str | type | None) -> nn.Module:
+def wrap_features(model: nn.Module, features_only: bool, out_indices: Any, feature_cls: str | type | None
+                  ) -> nn.Module:
+    """``create_model``'s last step: the model itself, or with ``features_only`` its feature wrapper (see there),
+    carrying the model's pretrained config less the classifier's fields."""
     from .features import FEATURE_CLS, FeatureGetter
 
-    if isinstance(feature_cls, type):
-        return feature_cls(model, out_indices=indices)
-    kind = "getter" if feature_cls is None else str(feature_cls).lower()
-    if kind not in FEATURE_CLS:
+    if not features_only:
+        if out_indices is not None or feature_cls is not None:
+            raise ValueError("out_indices and feature_cls are only used with features_only=True")
+        return model
+    indices = model.default_out_indices if out_indices is None else out_indices
+    feature_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
+    kind = "class" if isinstance(feature_cls, type) else "getter" if feature_cls is None else str(feature_cls).lower()
+    if kind == "class":
+        model = feature_cls(model, out_indices=indices)
+    elif kind in FEATURE_CLS:
+        model = FeatureGetter(model, indices, return_dict=kind == "dict")
+    else:
         raise ValueError(f"feature_cls must be one of {', '.join(FEATURE_CLS)} or a class, got {feature_cls!r} "
                          f"(bettervit's models are read through forward_intermediates, timm's getter way)")
-    return FeatureGetter(model, indices, return_dict=kind == "dict")
+    model.pretrained_cfg = feature_cfg
+    model.default_cfg = feature_cfg
+    return model
 
 
 def get_pretrained_cfg_value(model_name: str, cfg_key: str) -> Any:

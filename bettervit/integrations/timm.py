@@ -52,7 +52,7 @@ class TimmViTDet(ViTDetBackbone):
     def __init__(self, backbone: nn.Module, out_channels: int = 256) -> None:
         super().__init__(backbone, out_channels)
         if backbone.config.patch_size != 16:
-            raise ValueError(f"a ViTDet pyramid with strides 4-32 needs patch_size=16, got {backbone.config.patch_size}")
+            raise ValueError(f"a ViTDet pyramid at strides 4-32 needs patch_size=16, got {backbone.config.patch_size}")
         self.feature_info = [dict(num_chs=out_channels, reduction=int(self.strides[n]), module=f"pyramid.stages.{i}")
                              for i, n in enumerate(self.names)]
         self.num_features = out_channels
@@ -171,13 +171,7 @@ def _build_vitdet(name: str, forced: bool | str | None, pretrained: Any, pretrai
     model.pretrained_cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "pool_size")}
     model.pretrained_cfg.update(architecture=name, input_size=[det.backbone.config.in_chans, h, w],
                                 first_conv="backbone.patch_embed.proj")
-    if features_only:
-        model_cfg = model.pretrained_cfg
-        indices = model.default_out_indices if out_indices is None else out_indices
-        model = factory._feature_wrapper(model, indices, feature_cls)
-        model.pretrained_cfg = model.default_cfg = model_cfg
-    elif out_indices is not None or feature_cls is not None:
-        raise ValueError("out_indices and feature_cls are only used with features_only=True")
+    model = factory.wrap_features(model, features_only, out_indices, feature_cls)
     return _place(model, device, dtype)
 
 
