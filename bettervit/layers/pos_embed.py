@@ -15,13 +15,13 @@ def resample_abs_pos_embed(
     old_size: Sequence[int] | None = None,
     num_prefix_tokens: int = 0,
     mode: str = "bicubic",
-    antialias: bool = False,
+    antialias: bool = True,
 ) -> Tensor:
     """(1, prefix + h*w, C) raster position embedding -> (1, prefix + H*W, C) for ``new_size`` = (H, W).
 
     ``old_size`` defaults to a square grid. Prefix tokens (class token) are kept as they are. Interpolation runs in
-    float32 with ``align_corners=False``; ``antialias`` matters only when shrinking (timm's checkpoint loader uses
-    True, its run-time resampling in Hiera / EVA False).
+    float32 with ``align_corners=False``; ``antialias`` (default True, timm's ``resample_abs_pos_embed``
+    convention, used by every family at run time and on load) matters only when shrinking.
     """
     n = pos.shape[1] - num_prefix_tokens
     if old_size is None:

@@ -579,8 +579,8 @@ class Hiera(HieraTrunk):
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The (1, h*w, C) raster position embedding for a token grid: the stored one at the build size, else
-        resampled from it (bicubic, no antialias), cached per grid for inference (see ResampledPosEmbedCache).
-        Video: the spatial part."""
+        resampled from it (bicubic with antialias, timm's ``resample_abs_pos_embed``), cached per grid for inference
+        (see ResampledPosEmbedCache). Video: the spatial part."""
         base = self.config.token_grid
         pos = self.pos_embed_spatial if self.config.is_video else self.pos_embed
         if tuple(grid) == base:
@@ -889,8 +889,8 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
 
 
 def resize_pos_embeds(state_dict: dict[str, Tensor], cfg: HieraConfig) -> None:
-    """In place: a checkpoint's encoder position tables resized to ``cfg``'s grid (the spatial one bicubic from its
-    square grid, the temporal one linearly)."""
+    """In place: a checkpoint's encoder position tables resized to ``cfg``'s grid (the spatial one bicubic with antialias from
+    its square grid, as at run time, the temporal one linearly)."""
     for k in ("pos_embed", "pos_embed_spatial"):
         if k in state_dict and state_dict[k].shape[1] != math.prod(cfg.token_grid):
             state_dict[k] = resample_abs_pos_embed(state_dict[k], cfg.token_grid)  # from a square grid

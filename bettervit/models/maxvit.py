@@ -487,7 +487,7 @@ for _name, (_size, _res, _tag) in VARIANTS.items():
     )
 
 
-@register_model(MaxViT, family="maxvit")
+@register_model(MaxViT, family="maxvit", pretrained_cfg=dict(pool_size=[2, 2]))  # pool_size: img_size / 32
 def maxvit_nano() -> MaxViTConfig:
     """A small extra variant for quick experiments and tests (not a released model): 64 px, window 2."""
     return MaxViTConfig(embed_dims=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, img_size=64)
