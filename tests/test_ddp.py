@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_data import make_folder
+from helpers import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

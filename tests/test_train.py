@@ -11,7 +11,7 @@ import bettervit
 from bettervit.cli import main
 from bettervit.train import checkpoint as ckpt
 from bettervit.train.optim import build_optimizer, cosine_with_warmup, param_groups
-from test_data import make_folder
+from helpers import make_folder
 
 FAST = ["--model", "hiera_nano", "--img-size", "32", "--no-progress", "--workers", "0", "--threads", "1"]
 
