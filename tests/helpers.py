@@ -71,7 +71,11 @@ def small_overrides(name: str) -> dict[str, Any]:
     with block-indexed options (global-attention blocks) moved along; decoders (MAE): 1 block of width 32; video:
     4 temporal tokens; input: 64 px (multiples of 32), or a 4 x 3 patch grid for patch models. Other fields stay.
     """
-    cfg = get_entry(name).config()
+    return shrink_config(get_entry(name).config())
+
+
+def shrink_config(cfg: Any) -> dict[str, Any]:
+    """The overrides of :func:`small_overrides` for a config dataclass instance."""
     out: dict[str, Any] = {}
     depth_f = _field(cfg, DEPTH_FIELDS)
     if depth_f:
@@ -96,8 +100,11 @@ def small_overrides(name: str) -> dict[str, Any]:
         out[width_f] = HEAD_DIM * heads
     if getattr(cfg, "stem_width", None):
         out["stem_width"] = min(cfg.stem_width, 2 * HEAD_DIM)
-    if getattr(cfg, "decoder_dim", None):
-        out.update(decoder_dim=2 * HEAD_DIM, decoder_depth=1, decoder_heads=2)
+    for names, value in ((("decoder_dim", "decoder_embed_dim"), 2 * HEAD_DIM),
+                         (("decoder_depth", "decoder_depths"), 1), (("decoder_heads", "decoder_num_heads"), 2)):
+        field = _field(cfg, names)
+        if field:
+            out[field] = value
     if getattr(cfg, "num_frames", 0):
         out["num_frames"] = min(cfg.num_frames, 4 * getattr(cfg, "patch_stride_t", 2))  # 16 mask units at 64 px
     size_f = _field(cfg, SIZE_FIELDS)
