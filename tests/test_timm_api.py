@@ -102,7 +102,7 @@ def test_model_default_cfgs(name, small):
     x = torch.randn(1, *_input_size(model))
     # the final map's size: timm's pool_size at the config's input size; at a small build's input, input / stride
     pool = tuple(s // model.feature_info[-1]["reduction"] for s in x.shape[-2:])
-    if not small:
+    if not small and not name.startswith(NON_STD):
         assert pool == tuple(cfg["pool_size"])
     with torch.no_grad():
         feats = model.forward_features(x)
