@@ -127,7 +127,7 @@ def uses_patch_size(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "patch_size", None) is not None
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=8)  # the tests parametrise by name with scope="module", so one name's builds are used together
 def _cached(name: str, extra: tuple[tuple[str, Any], ...]) -> nn.Module:
     torch.manual_seed(0)
     return bettervit.create_model(name, **small_overrides(name), **dict(extra)).eval()
@@ -136,8 +136,9 @@ def _cached(name: str, extra: tuple[tuple[str, Any], ...]) -> nn.Module:
 def build_small(name: str, fresh: bool = False, **extra: Any) -> nn.Module:
     """The small build of ``name`` (``small_overrides`` + ``extra``), in eval mode, seeded.
 
-    Builds are cached per (name, extra) for the session; the cached model is shared, so a test that changes the
-    model (classifier, pruning, checkpointing, training) must pass ``fresh=True`` to get its own deep copy."""
+    The last few builds are cached per (name, extra): parametrise by name with ``scope="module"`` so that pytest runs
+    one name's tests together and they share one build. The cached model is shared, so a test that changes the model
+    (classifier, pruning, checkpointing, training) must pass ``fresh=True`` to get its own deep copy."""
     model = _cached(name, tuple(sorted(extra.items())))
     return copy.deepcopy(model) if fresh else model
 

@@ -106,7 +106,7 @@ def _in_chans_case(name: str):
     return name
 
 
-@pytest.mark.parametrize("name", [_in_chans_case(n) for n in CLASSIFIERS])
+@pytest.mark.parametrize("name", [_in_chans_case(n) for n in CLASSIFIERS], scope="module")
 @pytest.mark.parametrize("chans", [1, 4])
 def test_in_chans_adapts_pretrained_stem(tmp_path, name, chans):
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_in_chans_adapts_pretrained_stem(tmp_path, name, chans):
         torch.testing.assert_close(m.eval()(x), ref.eval()(x.expand(*expand)), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS, scope="module")
 def test_checkpoint_path(tmp_path, name):
     torch.manual_seed(1)
     small = small_overrides(name)
@@ -134,7 +134,7 @@ def test_checkpoint_path(tmp_path, name):
         torch.testing.assert_close(_run(m, x), _run(ref, x))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS, scope="module")
 def test_state_dict_round_trip(name):
     """A build from another seed, given the state_dict (strict), computes the same; keys and shapes agree."""
     ref = build_small(name)
@@ -149,7 +149,7 @@ def test_state_dict_round_trip(name):
         torch.testing.assert_close(_run(other, x), _run(ref, x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_features_only(name):
     m = build_small(name, fresh=True, features_only=True)
     info = m.feature_info
@@ -213,7 +213,7 @@ def _check_pretraining_step(model: torch.nn.Module, encoder: torch.nn.Module, x:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("name", MAE)
+@pytest.mark.parametrize("name", MAE, scope="module")
 def test_mae_loss_gradients_checkpointing(name):
     model = build_small(name, fresh=True).train()
     x = small_input(model)
@@ -230,7 +230,7 @@ def _mim(student: str, teacher: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("teacher", ["eva02_nano", "hiera_nano"])
-@pytest.mark.parametrize("student", VITS)
+@pytest.mark.parametrize("student", VITS, scope="module")
 def test_mim_loss_gradients_checkpointing_state_dict(student, teacher):
     """MIM with each ViT as the student (a ViT or a Hiera teacher): loss in [-1, 1], every trainable parameter (the
     student, mask token, lm_head; never the teacher) gets a gradient, checkpointing changes nothing, and the

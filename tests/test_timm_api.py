@@ -69,7 +69,7 @@ def _check_maps(maps, chans, reds, size, model) -> None:
 
 
 # --- timm's model tests -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,small", CASES)
+@pytest.mark.parametrize("name,small", CASES, scope="module")
 def test_model_forward(name, small):
     model = _create(name, small).eval()
     x = torch.randn(1, *_input_size(model, 384))
@@ -81,7 +81,7 @@ def test_model_forward(name, small):
         torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,small", CASES)
+@pytest.mark.parametrize("name,small", CASES, scope="module")
 def test_model_backward(name, small):
     model = _create(name, small, num_classes=42).train()
     x = torch.randn(2, *_input_size(model, TARGET_BWD))
@@ -94,7 +94,7 @@ def test_model_backward(name, small):
     assert out.shape[-1] == 42 and not out.isnan().any()
 
 
-@pytest.mark.parametrize("name,small", CASES)
+@pytest.mark.parametrize("name,small", CASES, scope="module")
 def test_model_default_cfgs(name, small):
     model = _create(name, small).eval()
     assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
@@ -130,7 +130,7 @@ def test_model_default_cfgs(name, small):
     assert cfg["first_conv"] + ".weight" in sd
 
 
-@pytest.mark.parametrize("name,small", CASES)
+@pytest.mark.parametrize("name,small", CASES, scope="module")
 def test_model_forward_features(name, small):
     model = _create(name, small, features_only=True).eval()
     chans, reds = model.feature_info.channels(), model.feature_info.reduction()
@@ -141,7 +141,7 @@ def test_model_forward_features(name, small):
     _check_maps(outs, chans, reds, size, model.model)
 
 
-@pytest.mark.parametrize("name,small", CASES)
+@pytest.mark.parametrize("name,small", CASES, scope="module")
 def test_model_forward_intermediates(name, small):
     model = _create(name, small).eval()
     info = FeatureInfo(model.feature_info, len(model.feature_info))
@@ -178,7 +178,7 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_forward_intermediates_indices(name):
     """None = every level, int n = the last n, a sequence = those levels (negative from the end), out of range
     raises; ``intermediates_only`` returns the maps alone; ``stop_early`` skips what follows the deepest level."""
@@ -205,7 +205,7 @@ def test_forward_intermediates_indices(name):
         _same(early[0][1], maps[:1])
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_prune_intermediate_layers(name):
     """Pruning to levels [0, n-2] returns their absolute indices, drops the later blocks and the classifier, and the
     kept levels' maps do not change; ``num_features`` is the last kept level's width."""
@@ -226,7 +226,7 @@ def test_prune_intermediate_layers(name):
         assert out.isfinite().all() and model.num_features in out.shape
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_reset_classifier_and_get_classifier(name):
     model = build_small(name, fresh=True)
     x = small_input(model)
@@ -264,7 +264,7 @@ def _fwd_bwd(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str,
     return out.detach(), grads, len(saved)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_grad_checkpointing_same_outputs_and_grads(name):
     """set_grad_checkpointing(True) really recomputes (fewer saved activations) and changes nothing else."""
     model = build_small(name, fresh=True)  # eval: deterministic norms; checkpointing runs whenever grads are on
@@ -298,7 +298,7 @@ def _nwd_case(name: str):
     return name
 
 
-@pytest.mark.parametrize("name", [_nwd_case(n) for n in bettervit.list_models()])
+@pytest.mark.parametrize("name", [_nwd_case(n) for n in bettervit.list_models()], scope="module")
 def test_no_weight_decay(name):
     """Position embeddings, tokens and relative-position tables are listed (as the optimiser matches names), and
     every listed name is one of the model's parameters."""
@@ -332,7 +332,7 @@ def _groups(model: nn.Module, coarse: bool) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 @pytest.mark.parametrize("coarse", [False, True])
 def test_group_matcher(name, coarse):
     """The stem group holds the first conv and the embeddings; the blocks fall into >= 2 groups in depth order;
@@ -350,7 +350,7 @@ def test_group_matcher(name, coarse):
     assert all(i > last_matched for i in unmatched), [names[i] for i in unmatched]
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 def test_param_layer_ids(name):
     """A layer id for every parameter: 0 = stem (first conv), the classifier the last, every id in
     [0, num_layer_ids()) used, non-decreasing in module (depth) order."""
