@@ -6,6 +6,7 @@
   tests keep each variant's architecture choices (norms, MLP kind, RoPE, windows, pooling) at test cost.
 - ``build_small(name)`` / ``small_input(model)``: a cached small build and an input batch that fits it.
 - ``make_folder(root)``: a tiny ImageFolder tree for the data / training / CLI tests.
+- ``slow_cases(values, slow)``: parametrize values with the slow ones marked ``slow`` (``make test-fast`` skips them).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -111,6 +113,15 @@ def shrink_config(cfg: Any) -> dict[str, Any]:
     if size_f:
         out[size_f] = _small_side(cfg)
     return out
+
+
+def slow_cases(values: list[Any], slow: set[str], key=str) -> list[Any]:
+    """``values`` for ``parametrize`` with those whose ``key(value)`` is in ``slow`` marked ``slow``; a name in
+    ``slow`` that matches no value raises (so a renamed case cannot silently move to the fast lane)."""
+    unknown = set(slow) - {key(v) for v in values}
+    if unknown:
+        raise ValueError(f"slow_cases: no case named {sorted(unknown)}")
+    return [pytest.param(v, marks=pytest.mark.slow) if key(v) in slow else v for v in values]
 
 
 def is_mae(name: str) -> bool:

@@ -11,6 +11,8 @@ import pytest
 
 from helpers import make_folder
 
+pytestmark = pytest.mark.slow  # torchrun: two processes per test
+
 REPO = Path(__file__).resolve().parents[1]
 
 

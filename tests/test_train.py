@@ -97,6 +97,7 @@ def _same_weights(a_path, b_path) -> None:
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     """Stopped after epoch 1 (--stop-after), and killed with SIGKILL during a later epoch: both resumed runs end
     with exactly the weights (raw and EMA) and losses of the run never interrupted."""
