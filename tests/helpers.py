@@ -68,8 +68,8 @@ def _small_side(cfg: Any) -> int | tuple[int, int]:
 def small_overrides(name: str) -> dict[str, Any]:
     """``create_model`` overrides giving ``name`` at test size, derived from its config dataclass.
 
-    Width: the first stage's width becomes ``HEAD_DIM`` per head with at most 2 heads (MaxViT's per-stage widths are
-    scaled together, its ``head_dim`` kept at most the first width); depth: one block per stage (flat models: 3),
+    Width: the first stage's width becomes ``HEAD_DIM`` per head with at most 2 heads (MaxViT: the per-stage widths
+    scaled together to start at 2 heads of ``HEAD_DIM``); depth: one block per stage (flat models: 3),
     with block-indexed options (global-attention blocks) moved along; decoders (MAE): 1 block of width 32; video:
     4 temporal tokens; input: 64 px (multiples of 32), or a 4 x 3 patch grid for patch models. Other fields stay.
     """
