@@ -29,5 +29,11 @@ pretrain-demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The inner loop: everything but the tests marked slow (torchrun / DDP, ONNX export, CLI training runs, full-size
+# models), a few minutes on 2 CPU cores. CI runs `make test`.
+.PHONY: test-fast
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
 clean:
 	rm -rf $(VENV) runs

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from fill import fill_state_dict, golden_input  # tests/golden/fill.py (on pytest's pythonpath, see pyproject)
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
-sys.path.insert(0, str(GOLDEN))
-from fill import fill_state_dict, golden_input  # noqa: E402
 
 
 def read_fixture(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]], dict]:

@@ -138,6 +138,7 @@ def _bench_gpu():
     return mod
 
 
+@pytest.mark.slow
 def test_bench_gpu_smoke_runs_every_part(tmp_path):
     """benchmarks/bench_gpu.py --smoke on the CPU: every part runs and lands in results.json and the profile file
     (the compile backend is "eager" here, to keep the test short: Dynamo traces, nothing is code-generated)."""

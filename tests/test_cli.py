@@ -14,7 +14,7 @@ from PIL import Image
 
 from bettervit.cli import main
 from bettervit.train.checkpoint import load_checkpoint
-from test_data import make_folder
+from helpers import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--no-progress", "--workers", "0", "--threads", "1"]

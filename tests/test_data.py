@@ -8,21 +8,7 @@ from PIL import Image
 
 from bettervit.data import build_data
 from bettervit.data.augment import AugmentConfig, DeviceAugment
-
-
-def make_folder(root, n_per_class=4, size=20, classes=("cat", "dog"), junk=True):
-    rng = np.random.RandomState(0)
-    for split in ("train", "val"):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n_per_class):
-                arr = rng.randint(0, 255, (size, size + 4, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-    if junk:
-        (root / "train" / classes[0] / "notes.txt").write_text("not an image")
-        (root / "train" / classes[0] / "broken.png").write_bytes(b"\x89PNG garbage")
-    return root
+from helpers import make_folder
 
 
 def test_digits_fixed_split_and_shapes():

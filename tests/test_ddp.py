@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from test_data import make_folder
+from helpers import make_folder
+
+pytestmark = pytest.mark.slow  # torchrun: two processes per test
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ from bettervit import weights
 from bettervit.models.eva import rope_angles, rope_tables, rotate
 from golden_util import GOLDEN, golden_input, read_fixture
 from fill import fill_value
+from helpers import slow_cases
 
 FIXTURES = GOLDEN / "eva02"
 NAMES = ["eva02_tiny_patch14_224", "eva02_small_patch14_224", "eva02_base_patch14_224", "eva02_large_patch14_224",
@@ -56,7 +57,7 @@ def _check_fixture(name: str, cache: dict) -> None:
         assert torch.equal(out, pooled)
 
 
-@pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
+@pytest.mark.parametrize("size", slow_cases(["tiny", "small", "base", "large"], {"base", "large"}))
 def test_golden_parity_with_timm(size):
     """timm checkpoints (deterministic fill) give timm's tokens, pooled features and logits (max abs diff <= 1e-4),
     for the MIM 224 trunk and the fine-tuned classifier of each size (the pair shares the fill of common keys)."""

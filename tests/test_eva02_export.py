@@ -52,6 +52,7 @@ def test_optimized_model_refuses_training_input():
         fast(torch.randn(1, 3, 28, 28, requires_grad=True))
 
 
+@pytest.mark.slow
 def test_torch_export_dynamic_batch_height_width():
     m = _model()
     b, gh, gw = Dim("batch", min=1, max=16), Dim("gh", min=2, max=32), Dim("gw", min=2, max=32)
@@ -62,6 +63,7 @@ def test_torch_export_dynamic_batch_height_width():
             torch.testing.assert_close(ep.module()(x), m(x), atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -81,6 +83,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
             torch.testing.assert_close(torch.from_numpy(got), want, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_inference_and_training_step():
     """Inference and one SGD step of eva02_tiny (1 block, 56x70 px) compiled with fullgraph=True equal eager."""
     torch._dynamo.reset()

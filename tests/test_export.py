@@ -21,6 +21,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", list(SMALLEST))
+@pytest.mark.slow
 def test_onnx_export_matches_eager_with_a_dynamic_batch(name, tmp_path):
     """ONNX goes through torch.export, so this covers both; the .pt2 writer is covered by the command's test."""
     path = tmp_path / f"{name}.onnx"
@@ -33,6 +34,7 @@ def test_onnx_export_matches_eager_with_a_dynamic_batch(name, tmp_path):
     assert lo <= 2 and hi is None, f"batch exported as {lo}..{hi}, not unbounded"
 
 
+@pytest.mark.slow
 def test_export_has_a_dynamic_hw_where_the_graph_allows(tmp_path):
     name = "eva02_tiny_patch14_224"
     model, size, m = _model(name), SMALLEST[name], 14
@@ -43,6 +45,7 @@ def test_export_has_a_dynamic_hw_where_the_graph_allows(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["maxvit_nano", "hiera_nano"])
+@pytest.mark.slow
 def test_static_hw_models_say_so(name, tmp_path):
     model = _model(name)
     assert not model.export_dynamic_hw
@@ -75,6 +78,7 @@ def _checkpoint(tmp_path, name: str = "hiera_nano"):
     return model, f
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_checked_file_with_the_checkpoint_weights(tmp_path, capsys):
     model, ckpt = _checkpoint(tmp_path)
     out = tmp_path / "m.pt2"

@@ -37,6 +37,7 @@ def _dtype_views(graphs) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 def test_compiled_training_step_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = bettervit.create_model("hiera_nano", num_classes=5, drop_path_rate=0.0).train()
@@ -73,6 +74,7 @@ def test_torch_export_dynamic_batch():
             torch.testing.assert_close(ep.module()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_dynamic_batch_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -55,6 +55,7 @@ def test_golden_parity_with_official_video_classifier(tag, tmp_path):
     assert (masked[..., :4] - ref["masked_final"]).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_loss_parity_with_official_video_mae(tmp_path):
     """The official video MAE (mae_hiera_base_16x224 at 8x64x64): same weights and mask -> the official loss,
     predictions and time-strided targets (<= 1e-4)."""

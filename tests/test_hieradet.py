@@ -338,6 +338,7 @@ def test_init_from_image_hiera_checkpoint():
 
 
 # --- compile and export ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compile_fullgraph_matches_eager():
     """torch.compile(fullgraph=True): inference, and a training step's loss and gradients, equal eager."""
     torch.manual_seed(0)
@@ -362,6 +363,7 @@ def test_compile_fullgraph_matches_eager():
             torch.testing.assert_close(grads_c[n], p.grad, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_dynamic_batch():
     model = _mini().eval()
     batch = torch.export.Dim("batch", min=1, max=64)

@@ -132,6 +132,7 @@ def test_reconstruct_images():
     assert torch.allclose(rec, x, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mae_init_official_with_decoder_and_timm_encoder_only(tmp_path):
     """--init continues pretraining from an official MAE file (decoder included) or timm's encoder-only .mae file."""
     from bettervit.pretrain.mae import MAE_ONLY_PREFIXES

@@ -9,6 +9,7 @@ import torch
 import bettervit
 from bettervit import weights
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
+from helpers import slow_cases
 
 FIXTURES = sorted((GOLDEN / "maxvit").glob("*.safetensors"))
 PARAMS_M = {"tiny": 30.92, "small": 68.93, "base": 119.47, "large": 211.79}  # as timm counts them, at 224
@@ -20,7 +21,10 @@ def test_every_variant_has_a_fixture():
     assert len(names) == 15
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", slow_cases(FIXTURES, {
+    "maxvit_small_tf_512", "maxvit_base_tf_384", "maxvit_base_tf_512", "maxvit_large_tf_224", "maxvit_large_tf_384",
+    "maxvit_large_tf_512", "maxvit_xlarge_tf_224", "maxvit_xlarge_tf_384", "maxvit_xlarge_tf_512"}, key=lambda p: p.stem),
+    ids=lambda p: p.stem)
 def test_golden_parity_with_timm(path):
     """A timm checkpoint of the same name gives timm's logits (fp32, max abs diff <= 1e-4)."""
     ref, shapes, meta = read_fixture(path)

@@ -101,6 +101,7 @@ def test_torch_export_with_dynamic_batch():
         torch.testing.assert_close(ep.module()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_train_step_and_inference():
     """Inductor, fullgraph: a training step (loss and every gradient) and eval inference match eager."""
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import bettervit
 from bettervit.cli import main
 from bettervit.train import checkpoint as ckpt
 from bettervit.train.optim import build_optimizer, cosine_with_warmup, param_groups
-from test_data import make_folder
+from helpers import make_folder
 
 FAST = ["--model", "hiera_nano", "--img-size", "32", "--no-progress", "--workers", "0", "--threads", "1"]
 
@@ -97,6 +97,7 @@ def _same_weights(a_path, b_path) -> None:
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     """Stopped after epoch 1 (--stop-after), and killed with SIGKILL during a later epoch: both resumed runs end
     with exactly the weights (raw and EMA) and losses of the run never interrupted."""

@@ -47,6 +47,7 @@ def _fake_hub_cache(root, repo_id, sd):
     save_file(sd, str(snap / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_hub_id_and_pretrained_true_from_offline_cache(tmp_path, monkeypatch, source):
     sd = {k: v.contiguous() for k, v in source.state_dict().items()}
     _fake_hub_cache(tmp_path, "someone/maxvit_nano.test", sd)
