@@ -95,11 +95,13 @@ def unwrap(sd: object, where: str = "checkpoint") -> dict[str, Tensor]:
 
 
 def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
-    """A first-conv kernel (O, 3, k, k) made for RGB, adapted to ``in_chans`` inputs as timm does: one channel gets
-    the sum over RGB (a grey image then gives the response the RGB weights gave to it); other counts repeat the RGB
-    kernels cyclically and scale by 3 / in_chans, so a constant input keeps its response."""
-    if weight.ndim != 4:
-        raise ValueError(f"expected a 4-D conv kernel to adapt to {in_chans} input channels, got {tuple(weight.shape)}")
+    """A first-conv kernel (O, 3, k, k) made for RGB (or (O, 3, kt, k, k), a video stem), adapted to ``in_chans``
+    inputs as timm does: one channel gets the sum over RGB (a grey image then gives the response the RGB weights gave
+    to it); other counts repeat the RGB kernels cyclically and scale by 3 / in_chans, so a constant input keeps its
+    response."""
+    if weight.ndim not in (4, 5):
+        raise ValueError(f"expected a 4-D or 5-D conv kernel to adapt to {in_chans} input channels, got "
+                         f"{tuple(weight.shape)}")
     base = weight.shape[1]
     if in_chans == base:
         return weight
@@ -108,7 +110,7 @@ def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
         w = w.sum(dim=1, keepdim=True)
     else:
         reps = -(-in_chans // base)  # ceil
-        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (base / in_chans)
+        w = w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_chans] * (base / in_chans)
     return w.to(weight.dtype)
 
 
@@ -127,7 +129,7 @@ def load_into(
     sd = model.convert_checkpoint(dict(state_dict))
     own = model.state_dict()
     key = f"{first_conv}.weight" if first_conv else None
-    if key in sd and key in own and sd[key].ndim == 4 and sd[key].shape[1] != own[key].shape[1]:
+    if key in sd and key in own and sd[key].ndim in (4, 5) and sd[key].shape[1] != own[key].shape[1]:
         log.info("%s: adapting %s from %d to %d input channels", source, key, sd[key].shape[1], own[key].shape[1])
         sd[key] = adapt_input_conv(own[key].shape[1], sd[key])
     prefixes = getattr(model, "classifier_prefixes", ())

@@ -97,16 +97,7 @@ def _run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
-def _in_chans_case(name: str):
-    if getattr(get_entry(name).config(), "num_frames", 0):
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-            "library bug: create_model(..., pretrained=..., in_chans=N) promises to adapt the first conv, but "
-            "bettervit/weights.py (load_into, adapt_input_conv) only adapts 4-D kernels: a video model's 5-D "
-            "patch-embed kernel is left as is and the load fails with a shape mismatch")))
-    return name
-
-
-@pytest.mark.parametrize("name", [_in_chans_case(n) for n in CLASSIFIERS], scope="module")
+@pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
 @pytest.mark.parametrize("chans", [1, 4])
 def test_in_chans_adapts_pretrained_stem(tmp_path, name, chans):
     torch.manual_seed(0)

@@ -289,16 +289,7 @@ def _no_decay(name: str, listed: set[str]) -> bool:
     return name in listed or any(name.startswith(s + ".") or name.endswith("." + s) for s in listed)
 
 
-def _nwd_case(name: str):
-    if is_mae(name) and get_entry(name).config().num_frames:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-            "library bug: MaskedAutoencoderHiera.no_weight_decay (bettervit/pretrain/mae.py) lists 'pos_embed', "
-            "but video models hold pos_embed_spatial / pos_embed_temporal, which so get weight decay in MAE "
-            "pretraining (Hiera.no_weight_decay uses pos_embed_names)")))
-    return name
-
-
-@pytest.mark.parametrize("name", [_nwd_case(n) for n in bettervit.list_models()], scope="module")
+@pytest.mark.parametrize("name", bettervit.list_models(), scope="module")
 def test_no_weight_decay(name):
     """Position embeddings, tokens and relative-position tables are listed (as the optimiser matches names), and
     every listed name is one of the model's parameters."""

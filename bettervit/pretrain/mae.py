@@ -246,7 +246,9 @@ class MaskedAutoencoderHiera(Hiera):
         raise ValueError("the MAE model has no classifier head; build hiera_* and load this checkpoint into it")
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "decoder_pos_embed", "mask_token"}
+        """The encoder's position tables (image: ``pos_embed``; video: its spatial and temporal parts), the
+        decoder's and the mask token."""
+        return {*self.pos_embed_names, "decoder_pos_embed", "mask_token"}
 
 
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
