@@ -94,8 +94,12 @@ def _bool(s: str) -> bool:
 
 
 def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
-    """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values."""
-    S = argparse.SUPPRESS
+    """Options shared by train and pretrain. Defaults are None so a resumed run keeps its saved values; the help
+    states the defaults ``bettervit.train.config`` fills in (``DEFAULTS``, ``RunConfig``)."""
+    from .train.config import DEFAULTS as D
+    from .train.config import RunConfig
+
+    R, S = RunConfig(), argparse.SUPPRESS
     p.add_argument("--model", default=None, help="registered model name (see `bettervit models`); required")
     p.add_argument("--data", default=None,
                    help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/; video models: "
@@ -103,10 +107,12 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
     p.add_argument("--num-frames", type=_int_at_least(1), default=None,
                    help="video models: frames per clip (default: the model's, e.g. 16)")
+    epochs = (f"MAE {D['mae_epochs']}, MIM {D['mim_epochs']}" if pretrain else
+              f"{D['epochs']}, more for fewer than {D['small_data']} training images")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="number of epochs (default: train 10, more for tiny training sets; see docs/training.md)")
+                   help=f"number of epochs (default: {epochs}; see docs/training.md)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
-                   help="images per step per process (default 64, smaller for tiny training sets)")
+                   help=f"images per step per process (default {D['batch_size']}, smaller for tiny training sets)")
     p.add_argument("--output", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -120,23 +126,36 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
         p.add_argument("--linear-probe", action="store_true", default=None,
                        help="freeze the encoder; train BatchNorm (no affine) + a linear classifier on pooled features")
         p.add_argument("--eval-every", type=_int_at_least(1), default=None, metavar="N",
-                       help="evaluate every N epochs and at the last (default: about 20 evaluations per run)")
+                       help=f"evaluate every N epochs and at the last (default: about {D['evals_per_run']} "
+                            f"evaluations per run)")
     g = p.add_argument_group("optimisation (defaults depend on the task: docs/training.md)")
-    g.add_argument("--lr", type=_POS_FLOAT, default=None, help="peak learning rate")
-    g.add_argument("--weight-decay", type=_NONNEG_FLOAT, default=None, help="AdamW weight decay (default 0.05)")
+    lr = (f"MAE {D['mae_lr']:g}, MIM {D['mim_lr']:g}" if pretrain else
+          f"{D['scratch_lr']:g}; from --init {D['finetune_lr']:g}; linear probe {D['probe_lr']:g}")
+    g.add_argument("--lr", type=_POS_FLOAT, default=None, help=f"peak learning rate (default {lr})")
+    wd = "" if pretrain else f"; linear probe {D['probe_weight_decay']:g}"
+    g.add_argument("--weight-decay", type=_NONNEG_FLOAT, default=None,
+                   help=f"AdamW weight decay (default {D['weight_decay']:g}{wd})")
+    ld = ("not used in pretraining (always 1: off)" if pretrain else
+          f"default {D['finetune_layer_decay']:g} when fine-tuning from --init, else 1: off")
     g.add_argument("--layer-decay", type=_float_in(0, 1, lo_open=True), default=None,
-                   help="layer-wise LR decay (default 0.75 when fine-tuning from --init, else 1: off)")
-    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None, help="linear warmup length (default 5%%, >= 1)")
+                   help=f"layer-wise LR decay ({ld})")
+    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=None,
+                   help=f"linear warmup length (default {100 * D['warmup_share']:g}%% of the epochs, "
+                        f">= {D['min_warmup_epochs']:g})")
     g.add_argument("--sched", choices=["cosine", "linear", "step", "constant"], default=None,
-                   help="learning-rate schedule after the warmup (default cosine)")
-    g.add_argument("--clip-grad", type=_NONNEG_FLOAT, default=None, help="max gradient norm, 0 = off (default 1)")
-    g.add_argument("--accum-steps", type=_int_at_least(1), default=None, help="gradient accumulation steps")
-    g.add_argument("--ema-decay", type=_float_in(0, 0.99999), default=None, help="EMA of weights, e.g. 0.999 (0: off)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast dtype (default none)")
+                   help=f"learning-rate schedule after the warmup (default {R.sched})")
+    g.add_argument("--clip-grad", type=_NONNEG_FLOAT, default=None,
+                   help=f"max gradient norm, 0 = off (default {R.clip_grad:g})")
+    g.add_argument("--accum-steps", type=_int_at_least(1), default=None,
+                   help=f"gradient accumulation steps (default {R.accum_steps})")
+    g.add_argument("--ema-decay", type=_float_in(0, 0.99999), default=None,
+                   help=f"EMA of weights, e.g. 0.999 (0: off; default {R.ema_decay:g})")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help=f"autocast dtype (default {R.amp})")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations")
     g.add_argument("--drop-path", type=_UNIT, default=None, help="stochastic depth rate (default: the model's)")
-    g.add_argument("--seed", type=int, default=None, help="seed for init, data order and augmentation (default 0)")
+    g.add_argument("--seed", type=int, default=None,
+                   help=f"seed for init, data order and augmentation (default {R.seed})")
     a = p.add_argument_group("augmentation (defaults depend on the data and the task; docs/training.md)")
     a.add_argument("--crop-scale", type=_pair(float, "MIN,MAX"), default=None, help="random resized crop area")
     a.add_argument("--hflip", type=_UNIT, default=None, help="horizontal flip probability")
@@ -147,10 +166,11 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
         a.add_argument("--mixup", type=_UNIT, default=None, help="share of batches mixed with mixup")
         a.add_argument("--cutmix", type=_UNIT, default=None, help="share of batches mixed with cutmix")
     m = p.add_argument_group("machinery")
-    m.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    m.add_argument("--device", default=None, help=f"auto, cpu or cuda (default {R.device})")
     m.add_argument("--dist", dest="dist_mode", choices=["ddp", "fsdp"], default=None,
-                   help="under torchrun: DDP (default) or FSDP2 fully_shard")
-    m.add_argument("--workers", type=_int_at_least(0), default=None, help="image decoding processes (folders)")
+                   help=f"under torchrun: DDP or FSDP2 fully_shard (default {R.dist_mode})")
+    m.add_argument("--workers", type=_int_at_least(0), default=None,
+                   help=f"image decoding processes (folders; default {R.workers})")
     m.add_argument("--threads", type=_int_at_least(1), default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for tiny models on busy machines)")
     m.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -192,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also k-NN top-1 on pooled features (cosine, K neighbours) from the train split")
     s.add_argument("--labels-per-class", type=_int_at_least(1), default=None, metavar="N",
                    help="k-NN / pixel baselines: use N labelled train images per class (as train does)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the --labels-per-class subset (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --labels-per-class subset (default %(default)s)")
 
     s = sub.add_parser("predict", help="top-k classes of images")
     s.add_argument("--model", required=True)
@@ -288,35 +308,14 @@ def _fmt(v: float | None, nd: int) -> str:
 
 
 def _run_config(args: argparse.Namespace, task: str):
-    """Defaults < saved config (on --resume) < options given on this command line."""
-    import yaml
-
-    from .train.config import RunConfig
+    """The run's config from the options given on this command line (``bettervit.train.config.merge_config``:
+    defaults < recipe < saved config on --resume < these options)."""
+    from .train.config import merge_config
 
     explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "quiet", "resume",
                                                                                    "overwrite")}
     explicit["task"] = task
-    base = RunConfig()
-    if getattr(args, "recipe", None) and not args.resume:
-        from .train.recipes import recipe_overrides
-
-        base = RunConfig.from_dict({**base.to_dict(), **recipe_overrides(args.recipe, args.model)})
-    if args.resume:
-        out = Path(args.output or f"runs/{args.model}")
-        f = out / "config.yaml"
-        if not f.is_file():
-            raise CliError(f"cannot resume: {f} not found")
-        try:
-            saved = yaml.safe_load(f.read_text())["config"]
-        except Exception as e:  # noqa: BLE001
-            raise CliError(f"cannot resume: {f} is not a bettervit run config ({type(e).__name__})") from e
-        saved.pop("stop_after", None)  # a test's simulated kill is not part of the run
-        base = RunConfig.from_dict(saved)
-        if saved.get("model") != args.model:
-            raise CliError(f"cannot resume: {out} is a run of {saved.get('model')}, not {args.model}")
-    d = base.to_dict()
-    d.update(explicit)
-    return RunConfig.from_dict(d)
+    return merge_config(explicit, resume=args.resume)
 
 
 def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
@@ -341,17 +340,21 @@ def cmd_train(args: argparse.Namespace, task: str = "train") -> int:
             best = max((r for r in rows if "val_top1" in r), key=lambda r: r["val_top1"])
             print(f"best val top-1 {best['val_top1']:.2f}% (epoch {best['epoch']}), last {rows[-1]['val_top1']:.2f}%")
             if cfg.labels_per_class and cfg.data in (None, "", "digits"):
-                from .train.probe import digits_pixel_baselines
-
-                base = digits_pixel_baselines(cfg.labels_per_class, cfg.seed)
-                n = cfg.labels_per_class * 10  # the digits have 10 classes
-                print(f"pixel baselines on the same {n} train images: logistic regression "
-                      f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
+                _print_pixel_baselines(cfg.labels_per_class, cfg.seed, cfg.labels_per_class * 10)  # 10 digit classes
         elif rows:
             print(f"train loss {rows[0]['train_loss']:.4f} (epoch 1) -> {rows[-1]['train_loss']:.4f} "
                   f"(epoch {rows[-1]['epoch']})")
         print(f"run directory: {out}")
     return 0
+
+
+def _print_pixel_baselines(labels_per_class: int | None, seed: int, n_images: int) -> None:
+    """The digits' pixel baselines on the same labelled subset (``--labels-per-class`` / ``--seed``)."""
+    from .train.probe import digits_pixel_baselines
+
+    base = digits_pixel_baselines(labels_per_class, seed)
+    print(f"pixel baselines on the same {n_images} train images: logistic regression "
+          f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
 
 
 def _read_weights(checkpoint: str) -> tuple[dict, dict]:
@@ -409,7 +412,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import build_data
     from .data.augment import AugmentConfig, DeviceAugment
     from .train import distributed
-    from .train.engine import default_img_size, default_num_frames, evaluate
+    from .train.config import default_img_size, default_num_frames
+    from .train.tasks.classify import evaluate_classifier
 
     default_img_size(args.model)  # an unknown model is reported before the checkpoint or data are read
     dev = _device(args.device)
@@ -425,11 +429,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                    optimize=args.optimize)
     aug = DeviceAugment(AugmentConfig.for_data(data.name), img_size, data.mean, data.std, data.num_classes).to(dev)
     with torch.inference_mode():
-        r = evaluate(model, data, aug, distributed.DistInfo(device=dev), args.batch_size, workers=args.workers)
+        r = evaluate_classifier(model, data, aug, distributed.DistInfo(device=dev), args.batch_size, workers=args.workers)
     print(f"top-1 {r['val_top1']:.2f}%  top-5 {r['val_top5']:.2f}%  loss {r['val_loss']:.4f}  "
           f"({r['n']} images, {data.name} val)")
     if args.knn is not None:
-        from .train.probe import digits_pixel_baselines, extract_features, knn_top1
+        from .train.probe import extract_features, knn_top1
 
         if args.labels_per_class:
             data = data.with_labels_per_class(args.labels_per_class, args.seed)
@@ -439,9 +443,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         acc = knn_top1(tf, ty, vf, vy, args.knn, num_classes=data.num_classes)
         print(f"k-NN top-1 {acc:.2f}%  (k={args.knn}, cosine, {len(ty)} train images)")
         if data.name == "digits":
-            base = digits_pixel_baselines(args.labels_per_class, args.seed)
-            print(f"pixel baselines on the same {len(ty)} train images: logistic regression "
-                  f"{base['pixel_logreg_top1']:.2f}%  1-NN {base['pixel_1nn_top1']:.2f}%")
+            _print_pixel_baselines(args.labels_per_class, args.seed, len(ty))
     return 0
 
 
@@ -456,6 +458,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data.folder import decode_image
 
     from .factory import get_entry
+    from .train.config import default_img_size
 
     get_entry(args.model)  # an unknown name is reported before anything else
     dev = _device(args.device)
@@ -464,7 +467,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"image not found: {f}")
     model, meta = _load_for_inference(args.model, args.checkpoint, None, args.img_size, dev, optimize=args.optimize)
     pre = meta.get("preprocess") or {}
-    size = args.img_size or pre.get("img_size") or _model_img_size(model)
+    size = args.img_size or pre.get("img_size") or default_img_size(args.model)
     crop_pct = pre.get("crop_pct", 0.875)
     mean = torch.tensor(pre.get("mean", IMAGENET_MEAN), device=dev).view(1, 3, 1, 1)
     std = torch.tensor(pre.get("std", IMAGENET_STD), device=dev).view(1, 3, 1, 1)
@@ -484,11 +487,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             label = names[i] if names is not None and i < len(names) else f"class {i}"
             print(f"  {pr * 100:6.2f}%  {label}")
     return 0
-
-
-def _model_img_size(model) -> int:
-    s = getattr(getattr(model, "config", None), "img_size", 224)
-    return int(s[0] if isinstance(s, (tuple, list)) else s)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -136,13 +136,13 @@ def test_mae_init_official_with_decoder_and_timm_encoder_only(tmp_path):
     """--init continues pretraining from an official MAE file (decoder included) or timm's encoder-only .mae file."""
     from bettervit.pretrain.mae import MAE_ONLY_PREFIXES
     from bettervit.train.config import RunConfig
-    from bettervit.train.engine import build_pretrain_model
+    from bettervit.train.tasks.mae import build_mae_model
 
     shapes = {k: tuple(v) for k, v in json.loads((HIERA / "mae_shapes.json").read_text())["mae_hiera_tiny_224"].items()}
     sd = reference_checkpoint(shapes)
     torch.save({"model_state": sd}, tmp_path / "mae_hiera_tiny_224.pth")  # the official file layout
     cfg = RunConfig(task="pretrain", method="mae", model="mae_hiera_tiny_224", init=str(tmp_path / "mae_hiera_tiny_224.pth"))
-    model = build_pretrain_model(cfg, 224)
+    model = build_mae_model(cfg, 224)
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd[k]), k  # decoder and fusion heads too
     loss = model(torch.randn(1, 3, 224, 224)).loss
@@ -153,7 +153,7 @@ def test_mae_init_official_with_decoder_and_timm_encoder_only(tmp_path):
     timm_sd = {("head.norm." + k.removeprefix("encoder_norm.")) if k.startswith("encoder_norm.") else k: v
                for k, v in sd.items() if not k.startswith(MAE_ONLY_PREFIXES)}
     torch.save(timm_sd, tmp_path / "timm_mae.pth")
-    fresh_model = build_pretrain_model(RunConfig(task="pretrain", method="mae", model="mae_hiera_tiny_224",
+    fresh_model = build_mae_model(RunConfig(task="pretrain", method="mae", model="mae_hiera_tiny_224",
                                                  init=str(tmp_path / "timm_mae.pth")), 224)
     got = fresh_model.state_dict()
     assert torch.equal(got["encoder_norm.weight"], sd["encoder_norm.weight"])
@@ -163,7 +163,7 @@ def test_mae_init_official_with_decoder_and_timm_encoder_only(tmp_path):
     del timm_sd["blocks.0.norm1.weight"]
     torch.save(timm_sd, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="blocks.0.norm1.weight"):
-        build_pretrain_model(RunConfig(task="pretrain", method="mae", model="mae_hiera_tiny_224",
+        build_mae_model(RunConfig(task="pretrain", method="mae", model="mae_hiera_tiny_224",
                                        init=str(tmp_path / "broken.pth")), 224)
 
 

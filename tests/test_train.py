@@ -136,12 +136,12 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
-    from bettervit.train import engine
+    from bettervit.train.tasks import classify
 
     data = make_folder(tmp_path / "data", n_per_class=4, size=32, junk=False)
     out = tmp_path / "run"
     args = ["train", *FAST, "--data", str(data), "--epochs", "3", "--batch-size", "4", "--output", str(out)]
-    real = engine.soft_cross_entropy
+    real = classify.soft_cross_entropy
     calls = {"n": 0}
 
     def flaky(logits, target):
@@ -149,7 +149,7 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, capsys):
         loss = real(logits, target)
         return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps; epoch 2 diverges
 
-    monkeypatch.setattr(engine, "soft_cross_entropy", flaky)
+    monkeypatch.setattr(classify, "soft_cross_entropy", flaky)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -213,7 +213,7 @@ def test_knn_top1():
 
 def test_resolve_defaults_follow_the_task_and_data_size():
     from bettervit.train.config import RunConfig
-    from bettervit.train.engine import DEFAULTS, resolve_defaults
+    from bettervit.train.config import DEFAULTS, resolve_defaults
 
     big = RunConfig(model="hiera_nano")
     resolve_defaults(big, 1437)
@@ -295,3 +295,151 @@ def test_pixel_baselines_use_the_digits_own_pixels_and_subset():
     assert a == pixel_baselines(build_data("digits", 8).with_labels_per_class(5, 3))  # the subset does not depend on size
     assert set(a) == {"pixel_logreg_top1", "pixel_1nn_top1"} and all(50 < v <= 100 for v in a.values())
     assert digits_pixel_baselines()["pixel_1nn_top1"] > a["pixel_1nn_top1"]  # all 1,438 labels beat 50
+
+
+# --- the task registry and the config merge -------------------------------------------------------------------
+def test_unknown_task_is_one_line_and_writes_nothing(tmp_path):
+    from bettervit.train.config import RunConfig
+    from bettervit.train.engine import run
+    from bettervit.train.tasks import create_task, get_task, task_name
+
+    assert [task_name(RunConfig(**kw)) for kw in ({}, {"linear_probe": True}, {"task": "pretrain", "method": "mae"},
+                                                   {"task": "pretrain", "method": "mim"}, {"task": "detect"})] == \
+        ["classify", "probe", "mae", "mim", "detect"]
+    assert get_task("classify").best_metric == "val_top1" and get_task("mae").best_metric is None
+    out = tmp_path / "run"
+    for call in (lambda: run(RunConfig(task="nope", model="hiera_nano", output=str(out))),
+                 lambda: create_task(RunConfig(task="pretrain", method="byol"))):
+        with pytest.raises(ValueError) as e:
+            call()
+        msg = str(e.value)
+        assert "\n" not in msg and "unknown task" in msg and "classify, mae, mim, probe" in msg, msg
+    assert not out.exists()
+
+
+class _ToyData:
+    """Opaque batches: lists of (n, 4) tensors of different n, as detection's lists of images of different sizes."""
+
+    name, class_names, skipped = "toy", None, 0
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = {s: [torch.randn(2 + i % 3, 4, generator=g) + 1 for i in range(n)] for s, n in (("train", 12),
+                                                                                                  ("val", 4))}
+
+    def size(self, split):
+        return len(self.x[split])
+
+    def indices(self, split, epoch, seed, rank=0, world=1, shuffle=True, batch_size=1):
+        n = self.size(split)
+        if not shuffle:
+            return list(range(n))[rank::world]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        return order[rank::world][: (n // world) // batch_size * batch_size]
+
+    def batches(self, split, indices, batch_size, workers=0):
+        for i in range(0, len(indices), batch_size):
+            yield [self.x[split][j] for j in indices[i: i + batch_size]]
+
+    def preprocess_info(self):
+        return {"toy": True}
+
+
+def _toy_task():
+    from torch import nn
+
+    from bettervit.train.tasks import Task
+
+    class ToyTask(Task):
+        """Shrink a linear map's outputs: the smallest task the loop runs (evaluation, best.pt, files, meta)."""
+
+        name, best_metric, best_key, run_files = "toy", "val_score", "best_score", ("toy_*.txt",)
+
+        def build_data(self, cfg, info):
+            return _ToyData()
+
+        def defaults(self, cfg, n_train):
+            return {"epochs": 3, "lr": 0.05, "weight_decay": 0.0, "layer_decay": 1.0}
+
+        def build_model(self, cfg, data):
+            return nn.Linear(4, 2)
+
+        def to_device(self, batch, device):
+            return [t.to(device) for t in batch]
+
+        def batch_len(self, batch):
+            return len(batch)
+
+        def loss(self, model, batch):
+            return sum(model(t).pow(2).mean() for t in batch) / len(batch)
+
+        @torch.no_grad()
+        def evaluate(self, model, data, info, cfg, out_dir):
+            score = -sum(model(t).pow(2).mean().item() for t in data.x["val"])
+            if info.is_main:
+                (out_dir / "toy_eval.txt").write_text(f"{score}\n")
+            return {"val_score": score}
+
+        def checkpoint_meta(self):
+            return {"toy_meta": {"width": 4}}
+
+    return ToyTask
+
+
+def test_a_registered_task_runs_through_the_loop(tmp_path, monkeypatch):
+    """A task is one class plus its registration: opaque batches, its metrics in metrics.jsonl, best.pt following
+    its best_metric, its files in the run directory (removed by --overwrite), its checkpoint meta, exact resume."""
+    from bettervit.train import tasks
+    from bettervit.train.config import RunConfig
+    from bettervit.train.engine import run
+
+    monkeypatch.setitem(tasks.TASKS, "toy", _toy_task())
+    cfg = lambda out, **kw: RunConfig(task="toy", model="toy", output=str(out), batch_size=4, progress=False,  # noqa: E731
+                                      workers=0, warmup_epochs=0, **kw)
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(cfg(a))
+    rows = [json.loads(r) for r in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("val_score" in r and "best_score" in r for r in rows)
+    assert rows[-1]["best_score"] == max(r["val_score"] for r in rows) and rows[-1]["val_score"] > rows[0]["val_score"]
+    best, last = ckpt.load_checkpoint(a / "best.pt"), ckpt.load_checkpoint(a / "last.pt")
+    assert best["meta"]["metrics"]["val_score"] == rows[-1]["best_score"]
+    assert last["meta"]["toy_meta"] == {"width": 4} and last["meta"]["task"] == "toy"
+    assert last["meta"]["preprocess"] == {"toy": True} and last["resume"]["best_score"] == rows[-1]["best_score"]
+    assert (a / "toy_eval.txt").is_file()
+    # exact resume: stopped after epoch 1, resumed, equals the run above
+    run(cfg(b, stop_after=1))
+    run(RunConfig.from_dict({**cfg(b).to_dict(), "epochs": 3}), resume=True)
+    wa, wb = ckpt.load_checkpoint(a / "last.pt")["model"], ckpt.load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # --overwrite removes the task's files too
+    (a / "toy_stale.txt").write_text("old")
+    run(cfg(a, epochs=1), overwrite=True)
+    assert not (a / "toy_stale.txt").exists() and (a / "toy_eval.txt").is_file()
+
+
+def test_config_merge_order(tmp_path):
+    """defaults < recipe < saved run (on resume) < options given; the recipe rate scales with the world size."""
+    import yaml
+
+    from bettervit.train.config import RunConfig, merge_config, resolve_defaults
+
+    d = RunConfig()
+    r = merge_config({"model": "hiera_nano", "recipe": "hiera_mae_finetune"})
+    assert (r.layer_decay, r.epochs, r.recipe_lr, r.recipe_batch, r.seed) == (0.65, 100, 2e-3, 1024, d.seed)
+    given = merge_config({"model": "hiera_nano", "recipe": "hiera_mae_finetune", "layer_decay": 0.9})
+    assert given.layer_decay == 0.9 and given.epochs == 100
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = RunConfig(model="hiera_nano", output=str(run_dir), layer_decay=0.5, epochs=7, seed=3, stop_after=1)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"config": saved.to_dict()}))
+    res = merge_config({"model": "hiera_nano", "output": str(run_dir), "epochs": 9,
+                        "recipe": "hiera_mae_finetune"}, resume=True)
+    assert (res.layer_decay, res.seed, res.epochs, res.stop_after, res.recipe_lr) == (0.5, 3, 9, None, None)
+    with pytest.raises(ValueError, match="is a run of hiera_nano, not maxvit_nano"):
+        merge_config({"model": "maxvit_nano", "output": str(run_dir)}, resume=True)
+    with pytest.raises(ValueError, match="cannot resume"):
+        merge_config({"model": "hiera_nano", "output": str(tmp_path / "none")}, resume=True)
+    for world in (1, 4):
+        c = RunConfig(model="hiera_nano", batch_size=64, recipe_lr=2e-3, recipe_batch=1024)
+        resolve_defaults(c, 5000, world=world)
+        assert c.lr == pytest.approx(2e-3 * 64 * world / 1024)

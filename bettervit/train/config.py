@@ -1,8 +1,50 @@
-"""Everything a run is made of, in one dataclass: the CLI fills it, the run directory stores it as YAML."""
+"""A run's configuration, its defaults and how the sources merge; the one place for each.
+
+- ``RunConfig``: everything a run is made of, in one dataclass; the CLI fills it, the run directory stores it (the
+  resolved config the loop used) in ``config.yaml``.
+- ``DEFAULTS``: the values ``resolve_defaults`` hands out for options left at None (the CLI's help reads them here).
+- ``merge_config``: defaults < recipe < saved run (on resume) < options given on the command line.
+- ``resolve_defaults``: fills the options still None once the training set is known; a task (``train/tasks``)
+  supplies its own values through ``Task.defaults``.
+- ``default_img_size`` / ``default_num_frames``: the model's build size, read from its registered config.
+"""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
+
+log = logging.getLogger("bettervit.train")
+
+#: The defaults ``resolve_defaults`` and the tasks hand out (chosen on the digits few-label benchmark,
+#: benchmarks/README.md); docs/training.md tabulates them.
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 64,
+    "small_data": 1000,  # fewer training images than this: small batches, at least min_train_steps steps
+    "small_batch_divisor": 6,  # small data: the power of two near N / 6 ...
+    "min_batch_size": 8,  # ... but at least 8
+    "min_train_steps": 600,
+    "epochs": 10,  # supervised training on a training set of at least small_data images
+    "scratch_lr": 1e-3,
+    "finetune_lr": 1e-3,
+    "finetune_layer_decay": 0.75,
+    "weight_decay": 0.05,
+    "probe_lr": 3e-2,
+    "probe_weight_decay": 0.0,
+    "mae_epochs": 60,
+    "mae_lr": 1.5e-3,
+    "mim_epochs": 40,
+    "mim_lr": 1.5e-3,
+    "warmup_share": 0.05,  # warmup: this share of the epochs ...
+    "min_warmup_epochs": 1.0,  # ... but at least one epoch
+    "evals_per_run": 20,  # --eval-every: about this many evaluations per run
+}
 
 
 @dataclass
@@ -12,7 +54,7 @@ class RunConfig:
     data: str = "digits"  # "digits" or a folder with train/ and val/ class subfolders
     img_size: int | None = None  # None: the model's default size
     num_frames: int | None = None  # video models: frames per clip; None: the model's default
-    epochs: int | None = None  # None: see bettervit.train.engine.resolve_defaults
+    epochs: int | None = None  # None: see resolve_defaults
     batch_size: int | None = None  # per process; None: 64, smaller for tiny training sets
     output: str | None = None  # run directory; default runs/<model>
     init: str | None = None  # anything create_model(pretrained=...) accepts
@@ -93,10 +135,6 @@ class RunConfig:
             raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp}")
         if self.dist_mode not in ("ddp", "fsdp"):
             raise ValueError(f"--dist must be ddp or fsdp, got {self.dist_mode}")
-        if self.task == "pretrain" and self.method not in ("mae", "mim"):
-            raise ValueError(f"--method must be mae or mim, got {self.method}")
-        if self.task == "pretrain" and (self.labels_per_class or self.linear_probe):
-            raise ValueError("--labels-per-class and --linear-probe are for train, not pretrain")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"--stop-after must be >= 1, got {self.stop_after}")
 
@@ -109,3 +147,101 @@ class RunConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
         return cls(**kw)
+
+    def run_dir(self) -> Path:
+        """The run directory: ``output``, by default ``runs/<model>``."""
+        return Path(self.output or f"runs/{self.model}")
+
+
+def merge_config(options: dict[str, Any], resume: bool = False) -> RunConfig:
+    """The run's config: ``RunConfig`` defaults < the recipe ``options["recipe"]`` names < the saved config of the
+    run being resumed (``config.yaml`` in its run directory; it already holds the recipe) < ``options``.
+
+    ``options`` are the RunConfig fields given explicitly (e.g. on the command line; leave out what was not given).
+    Bad input (unknown recipe, a run directory that holds no run or a run of another model): one-line ValueError.
+    """
+    model = options.get("model")
+    base = RunConfig()
+    if options.get("recipe") and not resume:
+        from .recipes import recipe_overrides
+
+        base = RunConfig.from_dict({**base.to_dict(), **recipe_overrides(options["recipe"], model)})
+    if resume:
+        out = RunConfig(model=model or "", output=options.get("output")).run_dir()
+        saved = _saved_config(out / "config.yaml")
+        saved.pop("stop_after", None)  # a test's simulated kill is not part of the run
+        if saved.get("model") != model:
+            raise ValueError(f"cannot resume: {out} is a run of {saved.get('model')}, not {model}")
+        base = RunConfig.from_dict(saved)
+    return RunConfig.from_dict({**base.to_dict(), **options})
+
+
+def _saved_config(f: Path) -> dict:
+    import yaml
+
+    if not f.is_file():
+        raise ValueError(f"cannot resume: {f} not found")
+    try:
+        saved = yaml.safe_load(f.read_text())["config"]
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot resume: {f} is not a bettervit run config ({type(e).__name__})") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"cannot resume: {f} is not a bettervit run config (config is {type(saved).__name__})")
+    return saved
+
+
+def resolve_defaults(cfg: RunConfig, n_train: int, world: int = 1, task: "Task | None" = None) -> None:
+    """Fill every option left at None with a default that suits the task and the size of the training set.
+
+    Tiny training sets (few labels) get small batches; a recipe's rate is scaled linearly from its published batch
+    to this run's (batch size x accumulation steps x ``world`` processes); then the task's own values
+    (``task.defaults``: epochs, rate, weight decay, layer decay; by default the task ``cfg`` names) fill what is
+    still None; warmup and evaluation spacing follow the epochs. Values given are never replaced. The values are
+    ``DEFAULTS``, documented in docs/training.md.
+    """
+    d = DEFAULTS
+    if cfg.batch_size is None:
+        small = n_train < d["small_data"]
+        guess = 2 ** int(math.log2(max(1, n_train // d["small_batch_divisor"])))
+        cfg.batch_size = max(d["min_batch_size"], min(d["batch_size"], guess)) if small else d["batch_size"]
+    if cfg.lr is None and cfg.recipe_lr is not None:  # a recipe's rate, published for recipe_batch images per step
+        cfg.lr = cfg.recipe_lr * cfg.batch_size * cfg.accum_steps * world / (cfg.recipe_batch or 256)
+    if task is None:
+        from .tasks import create_task
+
+        task = create_task(cfg)
+    for name, value in task.defaults(cfg, n_train).items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    if cfg.warmup_epochs is None:
+        cfg.warmup_epochs = max(d["min_warmup_epochs"], round(d["warmup_share"] * cfg.epochs, 2))
+    if cfg.eval_every is None:
+        cfg.eval_every = max(1, cfg.epochs // d["evals_per_run"])
+
+
+def supervised_epochs(n_train: int, batch_size: int) -> int:
+    """Supervised runs: ``DEFAULTS["epochs"]``; a training set under ``small_data`` images trains long enough for
+    ``min_train_steps`` optimizer steps (and at least ``epochs``)."""
+    if n_train >= DEFAULTS["small_data"]:
+        return DEFAULTS["epochs"]
+    steps_per_epoch = max(1, n_train // batch_size)
+    return max(DEFAULTS["epochs"], math.ceil(DEFAULTS["min_train_steps"] / steps_per_epoch))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model facts the run needs (the registered model's own config)
+# ---------------------------------------------------------------------------------------------------------------
+def default_img_size(model_name: str) -> int:
+    """The input size ``model_name`` is built for (its config's ``img_size``, 224 when it has none); an unknown
+    name is a one-line ValueError suggesting close names."""
+    from ..factory import get_entry
+
+    size = getattr(get_entry(model_name).config(), "img_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def default_num_frames(model_name: str) -> int:
+    """Frames per clip a video model is built for; 0 for image models."""
+    from ..factory import get_entry
+
+    return int(getattr(get_entry(model_name).config(), "num_frames", 0) or 0)

@@ -1,37 +1,38 @@
-"""The training loop, read in one sitting: supervised training and MAE / MIM pretraining share it.
+"""The training loop, read in one sitting; the same for every task (``bettervit/train/tasks``).
 
 ``run(cfg)`` does, in order:
-1. check everything the user gave (model name, data, checkpoint, run directory) *before* writing anything;
-2. build the model (``create_model``, or the MAE / MIM model), the data, AdamW + cosine schedule, EMA, AMP;
+1. check everything the user gave (task, model name, data, checkpoint, run directory) *before* writing anything;
+2. let the task build its data and model; fill the defaults; AdamW + schedule, EMA, AMP;
 3. per epoch: reseed from (seed, epoch, rank) so the epoch's data order, augmentation and dropout are fixed by the
-   epoch number alone; train with gradient accumulation and clipping; evaluate (training) or render MAE
-   reconstructions (pretraining); rank 0 appends ``metrics.jsonl``, redraws ``curves.png`` and writes the best and
+   epoch number alone; train with gradient accumulation and clipping on the task's loss; every ``eval_every``
+   epochs and at the last the task's evaluation; the task's after-epoch work (e.g. MAE figures); rank 0 appends
+   ``metrics.jsonl``, redraws ``curves.png`` and writes the best (when the task's ``best_metric`` improved) and
    last checkpoints atomically.
 Resuming loads the last checkpoint (weights, optimizer, scheduler, EMA, scaler, RNG states, epoch) and carries on,
 so a run stopped after any epoch ends with the same weights as one never stopped (on CPU).
+
+The loop knows no task: what differs between classification, linear probing, MAE and MIM pretraining (and later
+detection) is in the task object, whose interface is ``bettervit/train/tasks/base.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from ..data import DataBundle, build_data
-from ..data.augment import AugmentConfig, DeviceAugment
 from . import distributed, rundir
 from .checkpoint import atomic_save, clean_state_dict, load_checkpoint, rng_state, set_rng_state, unwrap_model
 from .config import RunConfig
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler
-from .probe import LinearProbe
+from .precision import autocast
+from .tasks import Data, Task, all_run_files, create_task
 
 log = logging.getLogger("bettervit.train")
 
@@ -40,130 +41,8 @@ class Diverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------------------------
-def default_img_size(model_name: str) -> int:
-    from ..factory import get_entry
-
-    size = getattr(get_entry(model_name).config(), "img_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def default_num_frames(model_name: str) -> int:
-    """Frames per clip a video model is built for; 0 for image models."""
-    from ..factory import get_entry
-
-    return int(getattr(get_entry(model_name).config(), "num_frames", 0) or 0)
-
-
-def _frames_override(cfg: RunConfig) -> dict:
-    return {"num_frames": cfg.num_frames} if cfg.num_frames is not None else {}
-
-
-def build_classifier(cfg: RunConfig, num_classes: int, img_size: int) -> nn.Module:
-    from .. import create_model
-
-    overrides = {"drop_path_rate": cfg.drop_path} if cfg.drop_path is not None else {}
-    overrides.update(_frames_override(cfg))
-    return create_model(cfg.model, pretrained=cfg.init or False, num_classes=num_classes, img_size=img_size, **overrides)
-
-
-def build_pretrain_model(cfg: RunConfig, img_size: int) -> nn.Module:
-    from .. import create_model
-
-    overrides = {"drop_path_rate": cfg.drop_path} if cfg.drop_path is not None else {}
-    if cfg.method == "mae":
-        overrides.update(_frames_override(cfg))
-        from ..pretrain.mae import MaskedAutoencoderHiera
-
-        for name in ("mask_ratio", "norm_pix_loss"):
-            if getattr(cfg, name) is not None:
-                overrides[name] = getattr(cfg, name)
-        model = create_model(cfg.model, img_size=img_size, **overrides)
-        if not isinstance(model, MaskedAutoencoderHiera):
-            raise ValueError(f"--method mae needs an MAE model (e.g. mae_hiera_nano), got {cfg.model}")
-        if cfg.init:
-            from .. import weights
-            from ..pretrain.mae import load_mae_init
-
-            fresh = load_mae_init(model, weights.load_state_dict(weights.resolve(cfg.init)), source=cfg.init)
-            if fresh:
-                log.info("%s holds the encoder only: %d MAE tensors (fusion heads, decoder%s) start fresh", cfg.init,
-                         len(fresh), ", encoder norm" if any(k.startswith("encoder_norm.") for k in fresh) else "")
-        return model
-    from ..pretrain.mim import build_mim
-
-    if not cfg.teacher:
-        raise ValueError("--method mim needs --teacher NAME (a bettervit model; its weights via --teacher-checkpoint)")
-    if cfg.mask_ratio is not None:
-        overrides["mask_ratio"] = cfg.mask_ratio
-    model = build_mim(cfg.model, cfg.teacher, teacher_checkpoint=cfg.teacher_checkpoint, img_size=img_size, **overrides)
-    if cfg.init:
-        from .. import weights
-
-        weights.load_into(model.encoder, weights.load_state_dict(weights.resolve(cfg.init)), source=cfg.init)
-    return model
-
-
-def augment_config(cfg: RunConfig, data: DataBundle) -> AugmentConfig:
-    a = AugmentConfig.for_data(data.name)
-    for name in ("crop_scale", "hflip", "mixup", "cutmix", "label_smoothing", "randaugment"):
-        if getattr(cfg, name) is not None:
-            setattr(a, name, getattr(cfg, name))
-    if cfg.no_randaugment:
-        a.randaugment = None
-    if cfg.task == "pretrain" or data.num_frames:  # (clips: crop and flip only, see DeviceAugment)
-        a.mixup = a.cutmix = 0.0
-        a.randaugment = None
-    return a
-
-
-def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
-def autocast(cfg: RunConfig, device: torch.device):
-    if cfg.amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
-
-
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, aug: DeviceAugment, info: distributed.DistInfo, batch_size: int,
-             cfg: RunConfig | None = None, split: str = "val", workers: int = 0) -> dict:
-    """Validation loss and top-1 / top-5 accuracy (percent), summed over all ranks' shards."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, n
-    k = min(5, data.num_classes)
-    idx = data.indices(split, 0, 0, info.rank, info.world, shuffle=False)
-    # every rank runs the same number of equal batches (FSDP gathers weights collectively in each forward):
-    # pad the shorter shards with a repeat of their last sample and give the padding weight 0
-    n_valid, per_rank = len(idx), -(-data.size(split) // info.world)
-    idx = idx + [idx[-1] if idx else 0] * (per_rank - n_valid)
-    seen = 0
-    for x, y in data.batches(split, idx, batch_size, workers):
-        x, y = aug.eval_batch(x.to(info.device)), y.to(info.device)
-        w = (torch.arange(seen, seen + len(y), device=info.device) < n_valid).double()  # (B,) 0 on padding
-        seen += len(y)
-        with autocast(cfg, info.device) if cfg else contextlib.nullcontext():
-            logits = model(x)
-        logits = logits.float()
-        sums[0] += (F.cross_entropy(logits, y, reduction="none").double() * w).sum()
-        topk = logits.topk(k, dim=-1).indices  # (B, k)
-        sums[1] += ((topk[:, 0] == y).double() * w).sum()
-        sums[2] += ((topk == y[:, None]).any(-1).double() * w).sum()
-        sums[3] += w.sum()
-    distributed.all_reduce_sum(sums, info)
-    model.train(was_training)
-    n = max(1.0, sums[3].item())
-    return {"val_loss": sums[0].item() / n, "val_top1": 100 * sums[1].item() / n, "val_top5": 100 * sums[2].item() / n,
-            "n": int(sums[3].item())}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,69 +55,20 @@ class Prepared:
     cfg: RunConfig
     info: distributed.DistInfo
     out: Path
-    data: DataBundle
+    task: Task
+    data: Data
     model: nn.Module  # the plain module (weights, checkpoints)
-    img_size: int
     resume_ckpt: dict | None
     overwrite: bool
 
 
-def resolve_defaults(cfg: RunConfig, n_train: int) -> None:
-    """Fill every option left at None with a default that suits the task and the size of the training set.
-
-    Tiny training sets (few labels) get small batches and more epochs, so a run still makes a few hundred optimizer
-    steps; fine-tuning from pretrained weights (``--init``) gets layer-wise LR decay; a linear probe a larger rate
-    and no weight decay. The values are documented in docs/training.md.
-    """
-    pretrain, mae = cfg.task == "pretrain", cfg.method == "mae"
-    if cfg.batch_size is None:
-        small = n_train < DEFAULTS["small_data"]
-        cfg.batch_size = max(8, min(64, 2 ** int(math.log2(max(1, n_train // 6))))) if small else 64
-    steps_per_epoch = max(1, n_train // cfg.batch_size)
-    if cfg.epochs is None:
-        if pretrain:
-            cfg.epochs = DEFAULTS["mae_epochs"] if mae else DEFAULTS["mim_epochs"]
-        else:
-            small = n_train < DEFAULTS["small_data"]
-            cfg.epochs = max(10, math.ceil(DEFAULTS["min_train_steps"] / steps_per_epoch)) if small else 10
-    if cfg.lr is None and cfg.recipe_lr is not None:  # a recipe's rate, published for recipe_batch images per step
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        cfg.lr = cfg.recipe_lr * cfg.batch_size * cfg.accum_steps * world / (cfg.recipe_batch or 256)
-    if cfg.lr is None:
-        if pretrain:
-            cfg.lr = DEFAULTS["mae_lr"] if mae else DEFAULTS["mim_lr"]
-        elif cfg.linear_probe:
-            cfg.lr = DEFAULTS["probe_lr"]
-        else:
-            cfg.lr = DEFAULTS["finetune_lr"] if cfg.init else DEFAULTS["scratch_lr"]
-    if cfg.weight_decay is None:
-        cfg.weight_decay = 0.0 if cfg.linear_probe else 0.05
-    if cfg.layer_decay is None:
-        cfg.layer_decay = DEFAULTS["finetune_layer_decay"] if cfg.init and not pretrain and not cfg.linear_probe else 1.0
-    if cfg.warmup_epochs is None:
-        cfg.warmup_epochs = max(1.0, round(0.05 * cfg.epochs, 2))
-    if cfg.eval_every is None:
-        cfg.eval_every = max(1, cfg.epochs // 20)
-
-
-#: The defaults ``resolve_defaults`` hands out (chosen on the digits few-label benchmark, benchmarks/README.md).
-DEFAULTS = {
-    "small_data": 1000,  # fewer training images than this: small batches, at least min_train_steps steps
-    "min_train_steps": 600,
-    "scratch_lr": 1e-3,
-    "finetune_lr": 1e-3,
-    "finetune_layer_decay": 0.75,
-    "probe_lr": 3e-2,
-    "mae_epochs": 60,
-    "mae_lr": 1.5e-3,
-    "mim_epochs": 40,
-    "mim_lr": 1.5e-3,
-}
-
-
 def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, overwrite: bool = False) -> Prepared:
+    """Check the config, the run directory and the checkpoint to resume; let the task build data and model and
+    fill the defaults. Writes nothing; bad input is a one-line ValueError."""
+    task = create_task(cfg)
     cfg.validate()
-    out = Path(cfg.output or f"runs/{cfg.model}")
+    task.validate(cfg)
+    out = cfg.run_dir()
     rundir.check_run_dir(out, resume=resume, overwrite=overwrite)
     if cfg.amp == "fp16" and info.device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
@@ -247,28 +77,15 @@ def prepare(cfg: RunConfig, info: distributed.DistInfo, resume: bool = False, ov
     resume_ckpt = load_checkpoint(out / "last.pt") if resume else None
     if resume_ckpt is not None and "resume" not in resume_ckpt:
         raise ValueError(f"{out / 'last.pt'} holds no training state to resume from")
-    img_size = cfg.img_size or default_img_size(cfg.model)
-    num_frames = default_num_frames(cfg.model)
-    if cfg.num_frames is not None:
-        if not num_frames:
-            raise ValueError(f"--num-frames is for video models; {cfg.model} is an image model")
-        num_frames = cfg.num_frames
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data, img_size, num_frames=num_frames)
-    if cfg.labels_per_class:
-        data = data.with_labels_per_class(cfg.labels_per_class, cfg.seed)
-    resolve_defaults(cfg, data.size("train"))
-    if cfg.task == "train":
-        model = build_classifier(cfg, data.num_classes, img_size)
-        if cfg.linear_probe:
-            model = LinearProbe(model, data.num_classes)
-    else:
-        model = build_pretrain_model(cfg, img_size)
-    return Prepared(cfg, info, out, data, model, img_size, resume_ckpt, overwrite)
+    data = task.build_data(cfg, info)
+    task.resolve_defaults(cfg, data.size("train"), info.world)
+    model = task.build_model(cfg, data)
+    return Prepared(cfg, info, out, task, data, model, resume_ckpt, overwrite)
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train or pretrain as configured; returns the run directory. Bad input raises a one-line ValueError before
+    """Run the task ``cfg`` asks for; returns the run directory. Bad input raises a one-line ValueError before
     anything is written."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -294,32 +111,28 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     ema: ModelEma | None
-    aug: DeviceAugment
     batches_per_epoch: int
     start_epoch: int = 0
-    best_top1: float = -1.0
+    best: float = float("-inf")  # the best value of the task's best_metric so far
 
 
 def _fit(p: Prepared) -> Path:
     """The run: place the model, build the optimizer, restore a resumed run, write the run header, then per epoch
-    train, evaluate, save; finally check that all ranks ended with the same weights."""
-    cfg, info = p.cfg, p.info
+    train, evaluate, let the task draw, save; finally check that all ranks ended with the same weights."""
+    cfg, info, task = p.cfg, p.info, p.task
     resume_state = p.resume_ckpt["resume"] if p.resume_ckpt is not None else None
     plain = _place_model(p, resume_state)
     loop = _build_loop(p, plain)
     if resume_state is not None:
         _restore(p, loop, resume_state)
     meta_base = _write_run_header(p)
-    fixed_val = _reconstruction_batch(p, loop)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, loop.start_epoch + cfg.stop_after)
     for epoch in range(loop.start_epoch, end_epoch):
         row = _train_epoch(p, loop, epoch)
         improved = _evaluate_epoch(p, loop, epoch, row)
-        if fixed_val is not None and _is_png_epoch(epoch, cfg.epochs):
-            _save_mae_png(plain, fixed_val, p.out / f"mae_epoch{epoch + 1:03d}.png", p.data, cfg, write=info.is_main)
+        task.after_epoch(plain, epoch, p.out, info.is_main)
         _save_epoch(p, loop, epoch, row, improved, meta_base)
-    if fixed_val is not None:
-        _save_mae_png(plain, fixed_val, p.out / "reconstructions.png", p.data, cfg, write=info.is_main)
+    task.after_run(plain, p.out, info.is_main)
     _check_ranks_agree(plain, info)
     return p.out
 
@@ -328,7 +141,7 @@ def _place_model(p: Prepared, resume_state: dict | None) -> nn.Module:
     """Gradient checkpointing, the resumed weights (full, on every rank, before any sharding), the device."""
     cfg, plain = p.cfg, p.model
     if cfg.grad_checkpointing:
-        target = plain.encoder if isinstance(plain, LinearProbe) else plain
+        target = p.task.grad_checkpoint_target(plain)
         if not hasattr(target, "set_grad_checkpointing"):
             raise ValueError(f"{cfg.model} does not support --grad-checkpointing")
         target.set_grad_checkpointing(True)
@@ -342,14 +155,14 @@ def _place_model(p: Prepared, resume_state: dict | None) -> nn.Module:
 
 
 def _build_loop(p: Prepared, plain: nn.Module) -> Loop:
-    """Wrap for DDP / FSDP / compile; AdamW with layer-wise groups; cosine schedule per optimizer step; AMP
-    scaler, EMA and the augmentation on the device."""
+    """Wrap for DDP / FSDP / compile; AdamW with layer-wise groups; the schedule per optimizer step; AMP scaler,
+    EMA; then the task's own setup on the device (e.g. its augmentation)."""
     cfg, info, data = p.cfg, p.info, p.data
     model = distributed.wrap(plain, info, cfg.dist_mode)
     sharded = cfg.dist_mode == "fsdp" and info.enabled
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = build_optimizer(plain, cfg.lr, cfg.weight_decay, cfg.layer_decay if cfg.task == "train" else 1.0)
+    optimizer = build_optimizer(plain, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     per_rank = len(data.indices("train", 0, cfg.seed, info.rank, info.world, True, cfg.batch_size))
     batches_per_epoch = per_rank // cfg.batch_size
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
@@ -357,12 +170,13 @@ def _build_loop(p: Prepared, plain: nn.Module) -> Loop:
                                 round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
     ema = ModelEma(plain, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    aug = DeviceAugment(augment_config(cfg, data), p.img_size, data.mean, data.std, data.num_classes).to(info.device)
-    return Loop(plain, model, sharded, optimizer, scheduler, scaler, ema, aug, batches_per_epoch)
+    p.task.setup(plain, data, info.device)
+    return Loop(plain, model, sharded, optimizer, scheduler, scaler, ema, batches_per_epoch)
 
 
 def _restore(p: Prepared, loop: Loop, st: dict) -> None:
-    """Optimizer, schedule, EMA, scaler, RNG and epoch of a resumed run; metrics of later epochs are dropped."""
+    """Optimizer, schedule, EMA, scaler, RNG, epoch and best value of a resumed run; metrics of later epochs are
+    dropped."""
     saved_fsdp = st.get("optimizer_format") == "fsdp_full"
     if saved_fsdp != loop.sharded:
         raise ValueError(f"{p.out} was saved {'with' if saved_fsdp else 'without'} --dist fsdp under torchrun; "
@@ -374,14 +188,16 @@ def _restore(p: Prepared, loop: Loop, st: dict) -> None:
     if loop.scaler is not None and st.get("scaler"):
         loop.scaler.load_state_dict(st["scaler"])
     set_rng_state(st["rng"])
-    loop.start_epoch, loop.best_top1 = int(st["epoch"]), float(st["best_top1"])
+    loop.start_epoch = int(st["epoch"])
+    loop.best = float(st.get(p.task.best_key, float("-inf")))
     if p.info.is_main:
         rundir.truncate_metrics(p.out, loop.start_epoch)
 
 
 def _write_run_header(p: Prepared) -> dict:
-    """Rank 0 creates the run directory and writes config.yaml; returns the metadata every checkpoint carries."""
-    cfg, info, data, out = p.cfg, p.info, p.data, p.out
+    """Rank 0 creates the run directory and writes config.yaml (the resolved config this run uses); returns the
+    metadata every checkpoint carries."""
+    cfg, info, data, out, task = p.cfg, p.info, p.data, p.out, p.task
     meta_base = {
         "model_name": cfg.model,
         "task": cfg.task,
@@ -389,51 +205,17 @@ def _write_run_header(p: Prepared) -> dict:
         "class_names": data.class_names,
         "preprocess": data.preprocess_info(),
         "config": cfg.to_dict(),
+        **task.checkpoint_meta(),
     }
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if p.overwrite:
-            rundir.clear_run_dir(out)
-        target = p.model.encoder if isinstance(p.model, LinearProbe) else p.model
-        rundir.write_yaml(out / "config.yaml", {
-            **meta_base,
-            "model_config": _plain(getattr(target, "config", None)),
-            "data": {"name": data.name, "train_images": data.size("train"), "val_images": data.size("val"),
-                     "skipped_files": data.skipped, "img_size": p.img_size},
-            "world_size": info.world,
-        })
-        what = f"clips of {data.num_frames} frames" if data.num_frames else "images"
-        log.info("%s %s on %s (%d train / %d val %s, %d px) -> %s", cfg.task, cfg.model, data.name,
-                 data.size("train"), data.size("val"), what, p.img_size, out)
+            rundir.clear_run_dir(out, all_run_files())
+        rundir.write_yaml(out / "config.yaml", {**meta_base, **task.describe(p.model, data), "world_size": info.world})
+        log.info("%s %s on %s (%s) -> %s", cfg.task, cfg.model, data.name, task.data_summary(data), out)
         if data.skipped:
             log.info("skipped %d unreadable or non-image file(s)", data.skipped)
     return meta_base
-
-
-def _reconstruction_batch(p: Prepared, loop: Loop) -> Tensor | None:
-    """MAE: the fixed validation images of the reconstruction figure (every rank runs its forward: FSDP needs it)."""
-    if p.cfg.method != "mae":
-        return None
-    n = min(2 if p.data.num_frames else 8, p.data.size("val"))  # video: two clips, a few frames each
-    vx, _ = next(p.data.batches("val", list(range(n)), n))
-    return loop.aug.eval_batch(vx.to(p.info.device))
-
-
-def _is_png_epoch(epoch: int, epochs: int) -> bool:
-    """Reconstruction snapshots: the first epoch and about ten more, evenly spaced (not one per epoch)."""
-    step = max(1, epochs // 10)
-    return epoch == 0 or (epoch + 1) % step == 0
-
-
-def _loss(p: Prepared, loop: Loop, x: Tensor, y: Tensor) -> Tensor:
-    """The training objective of one batch: soft cross-entropy (train), MAE or MIM loss (pretrain)."""
-    cfg = p.cfg
-    xa, target = loop.aug.train_batch(x, y)
-    if cfg.task == "train":
-        return soft_cross_entropy(loop.model(xa), target)
-    if cfg.method == "mae":
-        return loop.model(xa, mask_ratio=cfg.mask_ratio).loss
-    return loop.model(xa).loss
 
 
 def _check_finite(p: Prepared, lv: float, epoch: int, step: int, pbar) -> None:
@@ -470,29 +252,30 @@ def _optimizer_step(p: Prepared, loop: Loop) -> None:
 
 def _train_epoch(p: Prepared, loop: Loop, epoch: int) -> dict:
     """One pass over this rank's shard, reseeded from (seed, epoch, rank); returns the epoch's metrics row."""
-    cfg, info, data = p.cfg, p.info, p.data
+    cfg, info, data, task = p.cfg, p.info, p.data, p.task
     torch.manual_seed(epoch_seed(cfg.seed, epoch, info.rank))
     loop.model.train()
     idx = data.indices("train", epoch, cfg.seed, info.rank, info.world, True, cfg.batch_size)
     pbar = _progress(cfg, info, len(idx) * info.world, f"epoch {epoch + 1}/{cfg.epochs}")
     loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
-    for i, (x, y) in enumerate(data.batches("train", idx, cfg.batch_size, cfg.workers)):
-        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+    for i, batch in enumerate(data.batches("train", idx, cfg.batch_size, cfg.workers)):
+        batch = task.to_device(batch, info.device)
+        n = task.batch_len(batch)
         last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == loop.batches_per_epoch
         no_sync = not last_micro and hasattr(loop.model, "no_sync")
         with loop.model.no_sync() if no_sync else contextlib.nullcontext():
-            with autocast(cfg, info.device):
-                loss = _loss(p, loop, x, y)
+            with autocast(cfg.amp, info.device):
+                loss = task.loss(loop.model, batch)
             lv = float(loss.detach())
             _check_finite(p, lv, epoch, i, pbar)
             scaled = loss / cfg.accum_steps
             (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
         if last_micro:
             _optimizer_step(p, loop)
-        loss_sum += lv * len(y)
-        n_seen += len(y)
+        loss_sum += lv * n
+        n_seen += n
         if pbar is not None:
-            pbar.update(len(y) * info.world)
+            pbar.update(n * info.world)
             pbar.set_postfix(loss=f"{lv:.4f}", lr=f"{_lr(loop.optimizer):.2e}", refresh=False)
     if pbar is not None:
         pbar.close()
@@ -508,46 +291,37 @@ def _eval_model(loop: Loop) -> nn.Module:
 
 
 def _evaluate_epoch(p: Prepared, loop: Loop, epoch: int, row: dict) -> bool:
-    """Supervised runs: validation metrics into ``row`` every ``eval_every`` epochs and at the last; returns whether
-    the best top-1 improved. Pretraining: always True (nothing to compare)."""
-    cfg = p.cfg
-    if cfg.task != "train":
-        return True
+    """Every ``eval_every`` epochs and at the last: the task's metrics into ``row``; returns whether its
+    ``best_metric`` improved (then ``row[best_key]`` holds the new best)."""
+    cfg, task = p.cfg, p.task
     if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
         return False
-    res = evaluate(_eval_model(loop), p.data, loop.aug, p.info, cfg.batch_size, cfg, workers=cfg.workers)
-    row.update({k: v for k, v in res.items() if k != "n"})
-    improved = row["val_top1"] > loop.best_top1
-    loop.best_top1 = max(loop.best_top1, row["val_top1"])
-    row["best_top1"] = loop.best_top1
+    row.update(task.evaluate(_eval_model(loop), p.data, p.info, cfg, p.out))
+    if task.best_metric is None or task.best_metric not in row:
+        return False
+    improved = row[task.best_metric] > loop.best
+    loop.best = max(loop.best, row[task.best_metric])
+    row[task.best_key] = loop.best
     return improved
-
-
-def _weights_for_checkpoint(module: nn.Module) -> dict[str, Tensor]:
-    """The plain module's keys; a linear probe is saved as the plain classifier it amounts to."""
-    module = unwrap_model(module)
-    if isinstance(module, LinearProbe):
-        return module.classifier_state_dict()
-    return clean_state_dict(module.state_dict())
 
 
 def _save_epoch(p: Prepared, loop: Loop, epoch: int, row: dict, improved: bool, meta_base: dict) -> None:
     """State dicts first (a collective under FSDP), then rank 0 appends the metrics, redraws the curves and writes
-    best.pt (supervised, when top-1 improved) and last.pt (with everything needed to resume)."""
-    cfg, info = p.cfg, p.info
-    eval_sd = _weights_for_checkpoint(_eval_model(loop))
-    probe = isinstance(loop.plain, LinearProbe)
-    raw_sd = clean_state_dict(unwrap_model(loop.plain).state_dict()) if loop.ema is not None or probe else None
+    best.pt (when the best metric improved) and last.pt (with everything needed to resume)."""
+    info, task = p.info, p.task
+    eval_sd = task.checkpoint_weights(unwrap_model(_eval_model(loop)))
+    keep_raw = loop.ema is not None or not task.weights_are_raw
+    raw_sd = clean_state_dict(unwrap_model(loop.plain).state_dict()) if keep_raw else None
     optim_sd = distributed.optimizer_state(loop.plain, loop.optimizer, loop.sharded)
     if not info.is_main:
         return
     meta = {**meta_base, "epoch": epoch + 1, "metrics": row}
     rundir.append_metrics(p.out, row)
     rundir.plot_curves(p.out)
-    if improved and cfg.task == "train":
+    if improved:
         atomic_save({"model": eval_sd, "meta": meta}, p.out / "best.pt")
     resume_state = {
-        "model": raw_sd,
+        "model": raw_sd,  # None: the checkpoint's "model" is the raw weights
         "optimizer": optim_sd,
         "optimizer_format": "fsdp_full" if loop.sharded else "plain",
         "scheduler": loop.scheduler.state_dict(),
@@ -555,10 +329,10 @@ def _save_epoch(p: Prepared, loop: Loop, epoch: int, row: dict, improved: bool, 
         "scaler": loop.scaler.state_dict() if loop.scaler else None,
         "rng": rng_state(),
         "epoch": epoch + 1,
-        "best_top1": loop.best_top1,
+        task.best_key: loop.best,
     }
     atomic_save({"model": eval_sd, "meta": meta, "resume": resume_state}, p.out / "last.pt")
-    _log_epoch(row)
+    _log_epoch(task, row)
 
 
 def _check_ranks_agree(plain: nn.Module, info: distributed.DistInfo) -> None:
@@ -585,87 +359,7 @@ def _progress(cfg: RunConfig, info: distributed.DistInfo, total: int, desc: str)
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
 
-def _log_epoch(row: dict) -> None:
-    if "val_top1" in row:
-        msg = (f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-               f"val_top1 {row['val_top1']:.2f}%  val_top5 {row['val_top5']:.2f}%  {row['img_per_s']:.0f} img/s")
-    else:
-        msg = f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  {row['img_per_s']:.0f} img/s"
-    log.info(msg)
-
-
-def _plain(obj):
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (int, float, str, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-@torch.no_grad()
-def _save_mae_png(model: nn.Module, x: Tensor, path: Path, data: DataBundle, cfg: RunConfig, write: bool) -> None:
-    """The MAE paper's figure for a fixed set of validation images: rows masked input (hidden units grey) |
-    reconstruction (visible patches pasted from the input) | original, each image at least 128 px. Video: those
-    three rows for each of two clips, one column per reconstructed frame (see :func:`video_figure_rows`)."""
-    from ..pretrain.mae import patch_visibility, reconstruct_images
-
-    was = model.training
-    model.eval()
-    g = torch.random.get_rng_state()
-    torch.manual_seed(0)  # the same mask every time, and the training RNG left untouched
-    out = model(x, mask_ratio=cfg.mask_ratio)
-    rec = reconstruct_images(model, x, out)
-    torch.random.set_rng_state(g)
-    model.train(was)
-    if not write:
-        return
-    mean = torch.tensor(data.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(data.std, device=x.device).view(1, 3, 1, 1)
-    visible = patch_visibility(model, out.mask, x.shape[-2:])  # (B, 1, H, W); video (B, 1, t, H, W)
-    shown = lambda t: t.float() * std + mean  # noqa: E731 - back to [0, 1] pixels
-    if x.ndim == 5:
-        save_image_grid(video_figure_rows(x, rec, visible, model.config.patch_stride_t, shown), path, min_side=96)
-        return
-    save_image_grid([shown(x) * visible + 0.5 * (1 - visible), shown(rec), shown(x)], path, min_side=128)
-
-
-def video_figure_rows(x: Tensor, rec: Tensor, visible: Tensor, stride_t: int, shown, max_frames: int = 8) -> list[Tensor]:
-    """Rows of the video MAE figure: per clip, masked input | reconstruction | original, over up to ``max_frames``
-    of its target frames (the first of every ``stride_t`` frames: what the model reconstructs).
-    ``x`` (B, 3, T, H, W), ``rec`` (B, 3, t, H, W), ``visible`` (B, 1, t, H, W) -> rows of (frames, 3, H, W)."""
-    frames = x[:, :, ::stride_t]  # (B, 3, t, H, W)
-    t = min(frames.shape[2], max_frames)
-    as_row = lambda v: v[:, :t].transpose(0, 1)  # noqa: E731 - (3, t, H, W) -> (t, 3, H, W)
-    rows = []
-    for i in range(x.shape[0]):
-        orig, vis = shown(as_row(frames[i])), as_row(visible[i])
-        rows += [orig * vis + 0.5 * (1 - vis), shown(as_row(rec[i])), orig]
-    return rows
-
-
-def save_image_grid(rows: list[Tensor], path: Path, min_side: int = 0, gap: int = 2) -> None:
-    """Each row a batch (B, 3, H, W) in [0, 1]; written as one PNG with Pillow. Images are enlarged (nearest, an
-    integer factor) to at least ``min_side`` pixels and separated by ``gap`` white pixels."""
-    import numpy as np
-    from PIL import Image
-
-    h = rows[0].shape[-2]
-    scale = max(1, -(-min_side // h))  # ceil: at least min_side
-    tiles = [[F.interpolate(img[None].float().clamp(0, 1), scale_factor=scale, mode="nearest")[0] for img in r]
-             for r in rows]
-    H, W = tiles[0][0].shape[-2:]
-    n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
-    grid = torch.ones(3, n_rows * (H + gap) - gap, n_cols * (W + gap) - gap)  # white background
-    for i, r in enumerate(tiles):
-        for j, t in enumerate(r):
-            grid[:, i * (H + gap): i * (H + gap) + H, j * (W + gap): j * (W + gap) + W] = t.cpu()
-    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    tmp.replace(path)
+def _log_epoch(task: Task, row: dict) -> None:
+    metrics = task.epoch_summary(row)
+    log.info("epoch %d: train_loss %.4f  %s%.0f img/s", row["epoch"], row["train_loss"],
+             f"{metrics}  " if metrics else "", row["img_per_s"])

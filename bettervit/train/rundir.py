@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "best.pt", "last.pt", "reconstructions.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "best.pt", "last.pt")
 
 
 def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
@@ -25,12 +25,15 @@ def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"run directory {path} already exists; pass --resume to continue it or --overwrite to replace it")
 
 
-def clear_run_dir(path: Path) -> None:
-    """--overwrite: remove the files an earlier run wrote (and nothing else)."""
+def clear_run_dir(path: Path, task_files: tuple[str, ...] = ()) -> None:
+    """--overwrite: remove the files an earlier run wrote (and nothing else): the loop's ``RUN_FILES`` and the
+    task's ``task_files`` (glob patterns, e.g. MAE's ``mae_epoch*.png``)."""
     for name in RUN_FILES:
         (path / name).unlink(missing_ok=True)
-    for p in path.glob("mae_epoch*.png"):
-        p.unlink()
+    for pattern in task_files:
+        for p in path.glob(pattern):
+            if p.is_file():
+                p.unlink()
 
 
 def write_yaml(path: Path, data: dict) -> None:
