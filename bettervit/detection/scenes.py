@@ -24,6 +24,7 @@ lies on the canvas and that no later digit's stroke covers; its box is the tight
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .transforms import mask_boxes
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,10 @@ def _bright_colours(hue: np.ndarray, saturation: np.ndarray) -> np.ndarray:
     return 1.0 - saturation[:, None] * ramp
 
 
+@functools.lru_cache(maxsize=2)
 def load_digit_pool(split: str) -> tuple[Tensor, np.ndarray]:
     """(images float (N, 1, 8, 8) in [0, 1], labels (N,)) of the digits' ``split`` (the split of
-    :mod:`bettervit.data.digits`)."""
+    :mod:`bettervit.data.digits`); cached, treat as read-only."""
     from sklearn.datasets import load_digits
 
     from ..data.digits import _split_indices
@@ -153,20 +157,13 @@ def _bilinear_weights(start: Tensor, length: Tensor, n_src: int, n_out: int) -> 
 def scene_targets(owner: Tensor, stroke_px: Tensor, labels: Tensor, min_pixels: int) -> dict:
     """One scene's annotations from its owner map (S, S), on-canvas stroke counts (D,) and slot labels (D,) (the
     digit classes 0..9): boxes, labels (1..10), masks, iscrowd, area, with almost hidden digits dropped."""
-    S = owner.shape[-1]
     masks = owner[None] == torch.arange(1, MAX_DIGITS + 1, dtype=torch.uint8)[:, None, None]  # (D, S, S)
     visible = masks.sum((1, 2))  # (D,)
     keep = (visible >= min_pixels) & (visible >= MIN_VISIBLE_FRACTION * stroke_px)
     masks, visible, labels = masks[keep], visible[keep], labels[keep]
-    cols, rows = masks.any(1), masks.any(2)  # (N, S) which columns / rows the mask touches
-    ar = torch.arange(S)
-    x1 = torch.where(cols, ar, S).amin(1)
-    x2 = torch.where(cols, ar, -1).amax(1) + 1
-    y1 = torch.where(rows, ar, S).amin(1)
-    y2 = torch.where(rows, ar, -1).amax(1) + 1
     n = int(keep.sum())
     return {
-        "boxes": torch.stack([x1, y1, x2, y2], 1).float().reshape(n, 4),
+        "boxes": mask_boxes(masks),
         "labels": labels.long() + 1,
         "masks": masks.to(torch.uint8),
         "iscrowd": torch.zeros(n, dtype=torch.int64),
