@@ -94,19 +94,6 @@ class FPNBackbone(nn.Module):
         return self.fpn(OrderedDict((n, m) for n, m in zip(self.roi_names, maps)))
 
 
-def _fpn_out_indices(name: str, **overrides) -> tuple[int, ...]:
-    """The feature levels at strides 4, 8, 16, 32 (MaxViT also has its stride-2 stem level: left out)."""
-    from ..factory import get_entry
-
-    entry = get_entry(name)
-    probe = entry.model_cls(entry.config(**overrides))
-    info = probe.feature_info
-    idx = tuple(i for i, fi in enumerate(info) if fi["reduction"] in (4, 8, 16, 32))
-    if len(idx) < 2:
-        raise ValueError(f"{name}: expected feature levels at strides 4-32, got {[fi['reduction'] for fi in info]}")
-    return idx
-
-
 def build_backbone(
     name: str, *, pretrained: bool | str = False, img_size: int = 1024, out_channels: int = 256,
     patch_size: int = 16, window_size: int = 16, num_global: int = 4, **overrides,
@@ -137,8 +124,11 @@ def build_backbone(
     elif family in FPN_FAMILIES:
         if family != "maxvit":
             overrides.setdefault("img_size", img_size)
-        indices = _fpn_out_indices(name, **overrides)
-        features = create_model(name, pretrained=pretrained, features_only=True, out_indices=indices, **overrides)
+        # the last four levels: strides 4, 8, 16, 32 (MaxViT's stride-2 stem level left out)
+        features = create_model(name, pretrained=pretrained, features_only=True, out_indices=4, **overrides)
+        if features.feature_info.reduction() != [4, 8, 16, 32]:
+            raise ValueError(f"{name}: expected feature levels at strides 4, 8, 16, 32, got "
+                             f"{features.feature_info.reduction()}")
         backbone = FPNBackbone(features, out_channels)
     else:
         raise ValueError(f"no detection backbone for family {family!r} ({name}); expected one of "

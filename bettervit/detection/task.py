@@ -82,7 +82,8 @@ class DetectionTask(Task):
 
         if not cfg.model:
             raise ValueError("detect train needs --backbone (an image model, see `bettervit models`)")
-        get_entry(cfg.model)  # unknown names: one line with close matches
+        if getattr(get_entry(cfg.model).config(), "num_frames", 0):  # unknown names: one line with close matches
+            raise ValueError(f"{cfg.model} is a video model; detection needs an image model")
         if cfg.detector is not None and cfg.detector not in DETECTORS:
             raise ValueError(f"--detector must be one of {', '.join(DETECTORS)}, got {cfg.detector!r}")
         if cfg.det_recipe is not None:
