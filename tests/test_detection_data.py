@@ -415,3 +415,28 @@ def test_write_metrics_atomic(tmp_path):
     write_metrics(tmp_path / "run", {"box_AP": 50.0}, [])
     assert json.loads(mp.read_text()) == {"box_AP": 50.0} and json.loads(pp.read_text()) == []
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json", "predictions.json"]
+
+
+@pytest.mark.parametrize("segm,match", [
+    ({"size": [10, 10], "counts": "abc"}, "RLE mask of size"),
+    ("nonsense", "expected polygons"),
+    (None, "expected polygons"),
+])
+def test_bad_segmentation_is_one_line(coco_dir, tmp_path, segm, match):
+    root = _copy(coco_dir, tmp_path)
+    _edit(root, "val", lambda d: d["annotations"][3].update(segmentation=segm))
+    with pytest.raises(ValueError, match=match) as e:
+        build_detection_data(str(root), S)
+    assert "instances_val2017.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_box_only_data_has_no_masks(coco_dir, tmp_path):
+    root = _copy(coco_dir, tmp_path)
+    for split in ("train", "val"):
+        _edit(root, split, lambda d: [a.pop("segmentation") for a in d["annotations"]])
+    data = build_detection_data(str(root), S)
+    assert not data.has_masks
+    _, tgts = _all(data, "val")
+    assert "masks" not in tgts[0] and tgts[0]["boxes"].shape[1] == 4
+    x, tt, _ = T.train_transform([torch.zeros(3, S, S, dtype=torch.uint8)], tgts[:1], 32, (0.5, 1.0))
+    assert "masks" not in tt[0] and len(tt[0]["area"]) == len(tt[0]["boxes"])
