@@ -142,7 +142,12 @@ def build_coco_folder(root: Path, img_size: int) -> DetectionData:
     if len(set(cat_ids)) != len(cat_ids):
         raise ValueError(f"{files['train'][0]}: category ids repeat ({cat_ids})")
     names = [str(c.get("name", c["id"])) for c in categories]
-    has_masks = all(a.get("segmentation") for a in raw["train"]["annotations"]) and bool(raw["train"]["annotations"])
+    anns = raw["train"]["annotations"]
+    n_segm = sum(1 for a in anns if a.get("segmentation"))
+    has_masks = bool(anns) and n_segm == len(anns)
+    if 0 < n_segm < len(anns):
+        log.warning("%s: %d of %d annotations have no segmentation: boxes only, no masks", files["train"][0],
+                    len(anns) - n_segm, len(anns))
     splits = {s: CocoSplit(s, raw[s], files[s][0], files[s][1], cat_ids, has_masks) for s in ("train", "val")}
     for s in ("train", "val"):
         if len(splits[s]) == 0:
