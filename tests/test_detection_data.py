@@ -51,6 +51,8 @@ def test_scenes_deterministic_and_independent_of_count():
         assert torch.equal(ia, ib)
         for k in ta:
             assert torch.equal(ta[k], tb[k]), k
+    alone = SceneSplit("train", 6, S).load_batch([3])[0]  # a scene does not depend on its batch
+    assert torch.equal(alone[0], a[1][0]) and torch.equal(alone[1]["masks"], a[1][1]["masks"])
     c = SceneSplit("val", 6, S).load_batch([0])
     assert not torch.equal(a[0][0], c[0][0])
 
