@@ -332,7 +332,9 @@ def test_ground_truth_as_detections_gives_100():
         out = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.linspace(1, 0.5, len(t["labels"])),
                 "masks": t["masks"][:, None].float()} for t in tgts]
         res += to_coco_results(out, tgts, data.category_ids)
+    before = json.dumps([gt, res])
     m = coco_evaluate(gt, res)
+    assert json.dumps([gt, res]) == before  # neither input is changed (results are written after evaluation)
     assert len(m) == 24 and m["box_AP"] == 100 and m["mask_AP"] == 100 and m["mask_AR100"] == 100
     assert m["box_APl"] == -1  # no large digits: COCO leaves the number undefined
     res[0] = dict(res[0], category_id=res[0]["category_id"] % 10 + 1)  # one wrong class

@@ -213,7 +213,7 @@ class SceneSplit:
         return self._gt
 
 
-def coco_dict(split: SceneSplit, file_names: list[str], chunk: int = 256, images_out: Path | None = None) -> dict:
+def coco_dict(split: SceneSplit, file_names: list[str], chunk: int = 32, images_out: Path | None = None) -> dict:
     """A COCO instances dict of every scene of ``split`` (``file_names[i]`` for scene i); with ``images_out`` each
     scene is also saved there as a PNG."""
     from .evaluate import encode_masks
