@@ -51,6 +51,8 @@ def test_scenes_deterministic_and_independent_of_count():
         assert torch.equal(ia, ib)
         for k in ta:
             assert torch.equal(ta[k], tb[k]), k
+    alone = SceneSplit("train", 6, S).load_batch([3])[0]  # a scene does not depend on its batch
+    assert torch.equal(alone[0], a[1][0]) and torch.equal(alone[1]["masks"], a[1][1]["masks"])
     c = SceneSplit("val", 6, S).load_batch([0])
     assert not torch.equal(a[0][0], c[0][0])
 
@@ -330,7 +332,9 @@ def test_ground_truth_as_detections_gives_100():
         out = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.linspace(1, 0.5, len(t["labels"])),
                 "masks": t["masks"][:, None].float()} for t in tgts]
         res += to_coco_results(out, tgts, data.category_ids)
+    before = json.dumps([gt, res])
     m = coco_evaluate(gt, res)
+    assert json.dumps([gt, res]) == before  # neither input is changed (results are written after evaluation)
     assert len(m) == 24 and m["box_AP"] == 100 and m["mask_AP"] == 100 and m["mask_AR100"] == 100
     assert m["box_APl"] == -1  # no large digits: COCO leaves the number undefined
     res[0] = dict(res[0], category_id=res[0]["category_id"] % 10 + 1)  # one wrong class
@@ -415,3 +419,64 @@ def test_write_metrics_atomic(tmp_path):
     write_metrics(tmp_path / "run", {"box_AP": 50.0}, [])
     assert json.loads(mp.read_text()) == {"box_AP": 50.0} and json.loads(pp.read_text()) == []
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json", "predictions.json"]
+
+
+@pytest.mark.parametrize("segm,match", [
+    ({"size": [10, 10], "counts": "abc"}, "RLE mask of size"),
+    ("nonsense", "expected polygons"),
+    (None, "expected polygons"),
+])
+def test_bad_segmentation_is_one_line(coco_dir, tmp_path, segm, match):
+    root = _copy(coco_dir, tmp_path)
+    _edit(root, "val", lambda d: d["annotations"][3].update(segmentation=segm))
+    with pytest.raises(ValueError, match=match) as e:
+        build_detection_data(str(root), S)
+    assert "instances_val2017.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_box_only_data_has_no_masks(coco_dir, tmp_path):
+    root = _copy(coco_dir, tmp_path)
+    for split in ("train", "val"):
+        _edit(root, split, lambda d: [a.pop("segmentation") for a in d["annotations"]])
+    data = build_detection_data(str(root), S)
+    assert not data.has_masks
+    _, tgts = _all(data, "val")
+    assert "masks" not in tgts[0] and tgts[0]["boxes"].shape[1] == 4
+    x, tt, _ = T.train_transform([torch.zeros(3, S, S, dtype=torch.uint8)], tgts[:1], 32, (0.5, 1.0))
+    assert "masks" not in tt[0] and len(tt[0]["area"]) == len(tt[0]["boxes"])
+
+
+def test_batches_feed_a_torchvision_mask_rcnn_and_its_outputs_evaluate():
+    """The targets, transforms and result conversion fit torchvision's Mask R-CNN (a tiny one, untrained)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.ReLU())
+    backbone.out_channels = 8
+    model = MaskRCNN(backbone, num_classes=None, min_size=S, max_size=S, image_mean=[0.3] * 3, image_std=[0.4] * 3,
+                     rpn_anchor_generator=AnchorGenerator(((16, 32),), ((1.0,),)),
+                     box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+                     rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
+                     rpn_post_nms_top_n_test=32, rpn_batch_size_per_image=32, box_batch_size_per_image=32,
+                     box_detections_per_img=10, box_score_thresh=0.0, box_head=TwoMLPHead(8 * 49, 16),
+                     box_predictor=FastRCNNPredictor(16, 11), mask_head=MaskRCNNHeads(8, [8], 1),
+                     mask_predictor=MaskRCNNPredictor(8, 8, 11))
+    data = build_detection_data("digit-scenes:16", S)
+    imgs, tgts = next(data.batches("train", data.indices("train", 0, 0, batch_size=4), 4))
+    x, tt, _ = T.train_transform(imgs, tgts, S, (0.8, 1.25), generator=torch.Generator().manual_seed(0))
+    losses = model(list(x.float() / 255), tt)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    sum(losses.values()).backward()
+    model.eval()
+    res = []
+    with torch.no_grad():
+        for imgs, tgts in data.batches("val", list(range(data.size("val"))), 8):
+            x, _, scales = T.eval_transform(imgs, None, S)
+            outs = model(list(x.float() / 255))
+            assert all(o["masks"].shape[1:] == (1, S, S) for o in outs)
+            res += to_coco_results(outs, tgts, data.category_ids, scales)
+    m = coco_evaluate(data.coco_gt("val"), res)
+    assert len(m) == 24 and all(v == -1 or 0 <= v <= 100 for v in m.values())

@@ -142,7 +142,12 @@ def build_coco_folder(root: Path, img_size: int) -> DetectionData:
     if len(set(cat_ids)) != len(cat_ids):
         raise ValueError(f"{files['train'][0]}: category ids repeat ({cat_ids})")
     names = [str(c.get("name", c["id"])) for c in categories]
-    has_masks = all(a.get("segmentation") for a in raw["train"]["annotations"]) and bool(raw["train"]["annotations"])
+    anns = raw["train"]["annotations"]
+    n_segm = sum(1 for a in anns if a.get("segmentation"))
+    has_masks = bool(anns) and n_segm == len(anns)
+    if 0 < n_segm < len(anns):
+        log.warning("%s: %d of %d annotations have no segmentation: boxes only, no masks", files["train"][0],
+                    len(anns) - n_segm, len(anns))
     splits = {s: CocoSplit(s, raw[s], files[s][0], files[s][1], cat_ids, has_masks) for s in ("train", "val")}
     for s in ("train", "val"):
         if len(splits[s]) == 0:
@@ -186,6 +191,9 @@ def _read_coco_json(path: Path) -> dict:
             if not isinstance(entry, dict) or any(k not in entry for k in keys):
                 raise ValueError(f"{path}: an entry of '{kind}' lacks {' / '.join(keys)} (got {str(entry)[:80]}); "
                                  f"expected {expected}")
+            if not isinstance(entry["id" if "id" in keys else "image_id"], int):
+                raise ValueError(f"{path}: an entry of '{kind}' has a non-integer id ({str(entry)[:80]}); "
+                                 f"expected {expected}")
     return d
 
 
@@ -210,6 +218,8 @@ class CocoSplit:
             w, h = size
             anns = []
             for a in by_image.get(im["id"], []):
+                if has_masks:
+                    _check_segmentation(a, h, w, json_path)
                 box, clipped = _clip_xywh(a["bbox"], w, h)
                 counts["box(es) clipped to the image"] += clipped
                 if box is None:
@@ -289,6 +299,23 @@ def _annotations_by_image(d: dict, path: Path, label_of: dict[int, int]) -> dict
             raise ValueError(f"{path}: annotation {a.get('id', k)} has bbox {bbox!r}; expected [x, y, width, height]")
         by_image.setdefault(a["image_id"], []).append({**a, "id": a.get("id", k + 1), "iscrowd": a.get("iscrowd", 0)})
     return by_image
+
+
+def _check_segmentation(a: dict, h: int, w: int, path: Path) -> None:
+    """A one-line ValueError unless ``a["segmentation"]`` is polygons (lists of x, y numbers) or an RLE of the
+    image's size."""
+    segm = a.get("segmentation")
+    if isinstance(segm, list) and segm and all(isinstance(p, list) and len(p) % 2 == 0 and
+                                               all(isinstance(v, (int, float)) for v in p) for p in segm):
+        return
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [h, w]:
+            raise ValueError(f"{path}: annotation {a['id']} has an RLE mask of size {segm['size']} on an image of "
+                             f"height {h} and width {w}")
+        return
+    raise ValueError(f"{path}: annotation {a['id']} has segmentation {str(segm)[:60]!r}; expected polygons "
+                     f"[[x1, y1, x2, y2, ...], ...] or an RLE {{'size': [h, w], 'counts': ...}} (every train "
+                     f"annotation has one, so the data set has masks)")
 
 
 def _clip_xywh(bbox: list, w: int, h: int) -> tuple[list[float] | None, int]:

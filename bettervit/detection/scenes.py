@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .transforms import mask_boxes
@@ -154,21 +153,23 @@ def _bilinear_weights(start: Tensor, length: Tensor, n_src: int, n_out: int) -> 
     return (taps == i0) * (1 - f) + (taps == i0 + 1) * f
 
 
-def scene_targets(owner: Tensor, stroke_px: Tensor, labels: Tensor, min_pixels: int) -> dict:
-    """One scene's annotations from its owner map (S, S), on-canvas stroke counts (D,) and slot labels (D,) (the
-    digit classes 0..9): boxes, labels (1..10), masks, iscrowd, area, with almost hidden digits dropped."""
-    masks = owner[None] == torch.arange(1, MAX_DIGITS + 1, dtype=torch.uint8)[:, None, None]  # (D, S, S)
-    visible = masks.sum((1, 2))  # (D,)
-    keep = (visible >= min_pixels) & (visible >= MIN_VISIBLE_FRACTION * stroke_px)
-    masks, visible, labels = masks[keep], visible[keep], labels[keep]
-    n = int(keep.sum())
-    return {
-        "boxes": mask_boxes(masks),
-        "labels": labels.long() + 1,
-        "masks": masks.to(torch.uint8),
-        "iscrowd": torch.zeros(n, dtype=torch.int64),
-        "area": visible.float(),
-    }
+def scene_targets(owner: Tensor, stroke_px: Tensor, labels: Tensor, min_pixels: int) -> list[dict]:
+    """Each scene's annotations from its owner map, on-canvas stroke counts and slot labels (the digit classes 0..9),
+    batched: owner (B, S, S), stroke_px and labels (B, D) -> B dicts of boxes, labels (1..10), masks, iscrowd, area,
+    with almost hidden digits dropped."""
+    B, S, _ = owner.shape
+    D = stroke_px.shape[1]
+    masks = owner[:, None] == torch.arange(1, D + 1, dtype=torch.uint8)[:, None, None]  # (B, D, S, S)
+    offsets = (torch.arange(B) * (D + 1))[:, None, None]
+    visible = torch.bincount((owner.long() + offsets).flatten(), minlength=B * (D + 1)).reshape(B, D + 1)[:, 1:]
+    keep = (visible >= min_pixels) & (visible >= MIN_VISIBLE_FRACTION * stroke_px)  # (B, D)
+    boxes = mask_boxes(masks.reshape(B * D, S, S)).reshape(B, D, 4)
+    out = []
+    for b in range(B):
+        k = keep[b]
+        out.append({"boxes": boxes[b, k], "labels": labels[b, k].long() + 1, "masks": masks[b, k].to(torch.uint8),
+                    "iscrowd": torch.zeros(int(k.sum()), dtype=torch.int64), "area": visible[b, k].float()})
+    return out
 
 
 class SceneSplit:
@@ -198,8 +199,8 @@ class SceneSplit:
         images, owner, stroke_px = render_scenes(self.plans, rows, self.pool, self.img_size)
         labels = torch.from_numpy(self.pool_labels[self.plans.digit[rows]])  # (B, D)
         out = []
-        for b, i in enumerate(rows.tolist()):
-            t = scene_targets(owner[b], stroke_px[b], labels[b], self.min_pixels)
+        targets = scene_targets(owner, stroke_px, labels, self.min_pixels)
+        for b, (i, t) in enumerate(zip(rows.tolist(), targets)):
             t["image_id"] = torch.tensor(self.image_ids[i], dtype=torch.int64)
             t["orig_size"] = torch.tensor([self.img_size, self.img_size], dtype=torch.int64)
             out.append((images[b], t))
@@ -212,7 +213,7 @@ class SceneSplit:
         return self._gt
 
 
-def coco_dict(split: SceneSplit, file_names: list[str], chunk: int = 256, images_out: Path | None = None) -> dict:
+def coco_dict(split: SceneSplit, file_names: list[str], chunk: int = 32, images_out: Path | None = None) -> dict:
     """A COCO instances dict of every scene of ``split`` (``file_names[i]`` for scene i); with ``images_out`` each
     scene is also saved there as a PNG."""
     from .evaluate import encode_masks
