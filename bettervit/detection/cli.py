@@ -116,16 +116,16 @@ def _train_options(args: argparse.Namespace) -> dict:
 
     given = {_RENAMES.get(k, k): v for k, v in vars(args).items() if v is not None and k not in _NOT_CONFIG}
     given["task"] = "detect"
-    if given.get("data") in (None, "digits"):
-        given.setdefault("data", "digit-scenes")
     if args.resume and "model" not in given:
         given["model"] = _saved_model(Path(given.get("output", "")))
     if not given.get("model"):
         raise ValueError("the following arguments are required: --backbone")
     given.setdefault("output", f"runs/detect_{given['model']}")
-    given.setdefault("workers", 0)
-    if args.resume:
+    if args.resume:  # the saved run's settings stand, except those given now
         return given
+    if given.get("data") in (None, "digits"):
+        given["data"] = "digit-scenes"
+    given.setdefault("workers", 0)
     recipe = given.get("det_recipe") or default_recipe(given["data"])
     given["det_recipe"] = recipe
     return {**recipe_settings(recipe), **given}
