@@ -225,12 +225,15 @@ class Detector(GeneralizedRCNN):
         self.trunk.set_grad_checkpointing(enable)
 
 
-def build_detector(cfg: DetectorConfig, pretrained: bool | str = False) -> Detector:
-    """The detector ``cfg`` describes; ``pretrained`` (anything ``create_model`` takes) goes into the trunk."""
+def build_detector(cfg: DetectorConfig, pretrained: bool | str = False, backbone: nn.Module | None = None) -> Detector:
+    """The detector ``cfg`` describes; ``pretrained`` (anything ``create_model`` takes) goes into the trunk.
+    ``backbone``: use this one instead (a module with ``out_channels``, ``strides``, ``roi_names`` and
+    ``pretrained_cfg``, e.g. an ``FPNBackbone`` on another library's features; benchmarks compare them so)."""
     cfg.validate()
-    backbone = build_backbone(cfg.backbone, pretrained=pretrained, img_size=cfg.img_size,
-                              out_channels=cfg.fpn_channels, patch_size=cfg.patch_size, window_size=cfg.window_size,
-                              num_global=cfg.num_global, **cfg.backbone_overrides)
+    if backbone is None:
+        backbone = build_backbone(cfg.backbone, pretrained=pretrained, img_size=cfg.img_size,
+                                  out_channels=cfg.fpn_channels, patch_size=cfg.patch_size,
+                                  window_size=cfg.window_size, num_global=cfg.num_global, **cfg.backbone_overrides)
     mean, std = image_norm(backbone)
     transform = NoResizeTransform(cfg.img_size, cfg.img_size, mean, std, size_divisible=32)
     return Detector(cfg, backbone, _rpn(cfg, backbone), _roi_heads(cfg, backbone), transform)
