@@ -443,3 +443,16 @@ def test_config_merge_order(tmp_path):
         c = RunConfig(model="hiera_nano", batch_size=64, recipe_lr=2e-3, recipe_batch=1024)
         resolve_defaults(c, 5000, world=world)
         assert c.lr == pytest.approx(2e-3 * 64 * world / 1024)
+
+
+def test_pretraining_records_the_layer_decay_it_uses():
+    """Pretraining trains without layer decay; a --layer-decay given anyway is replaced in the config (what
+    config.yaml records is what the optimizer used)."""
+    from bettervit.train.config import DEFAULTS, RunConfig
+    from bettervit.train.tasks import create_task
+
+    for method in ("mae", "mim"):
+        cfg = RunConfig(task="pretrain", method=method, model="x", layer_decay=0.8)
+        create_task(cfg).resolve_defaults(cfg, 1437)
+        assert cfg.layer_decay == 1.0 and cfg.epochs == DEFAULTS[f"{method}_epochs"]
+        assert cfg.lr == DEFAULTS[f"{method}_lr"] and cfg.weight_decay == DEFAULTS["weight_decay"]

@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass
 class RunConfig:
-    task: str = "train"  # "train" (supervised) or "pretrain"
+    task: str = "train"  # "train" (supervised), "pretrain" (--method), or a registered task's name (train/tasks)
     model: str = ""
     data: str = "digits"  # "digits" or a folder with train/ and val/ class subfolders
     img_size: int | None = None  # None: the model's default size
