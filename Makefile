@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[train,test,export,detect]"
+	$(BIN)/python -m pip install -q -e ".[train,test,export,detect,integrations]"
 	touch $@
 
 setup: $(STAMP)

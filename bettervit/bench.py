@@ -39,7 +39,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from .models.facts import (  # noqa: F401  (the model facts, re-exported for the benchmarks)
+    count_flops, count_model, in_chans, model_flops, model_img_size, model_input_shape, step_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,96 +78,8 @@ def gpu_peak_tflops(device_name: str, amp: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Counting
+# Peak throughput
 # ---------------------------------------------------------------------------------------------------------------
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (a multiply-add counts 2)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def step_loss(out: Any) -> Tensor:
-    """The scalar a training step differentiates: fp32 log-sum-exp of the logits (any output with ``.loss`` uses it)."""
-    if hasattr(out, "loss"):
-        return out.loss
-    out = out[0] if isinstance(out, tuple) else out
-    return out.float().logsumexp(-1).mean()
-
-
-def _meta_model(name: str, **kwargs: Any) -> nn.Module:
-    from . import create_model
-
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
-
-
-def in_chans(model: nn.Module) -> int:
-    """Input channels of a model (timm's attribute, else bettervit's config)."""
-    return int(getattr(model, "in_chans", None) or getattr(getattr(model, "config", None), "in_chans", 3))
-
-
-def model_img_size(model: nn.Module) -> tuple[int, int]:
-    """(H, W) the model was built for: ``config.img_size`` or timm's ``pretrained_cfg['input_size']``."""
-    size = getattr(getattr(model, "config", None), "img_size", None)
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def model_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """One input of the build size without the batch: (C, H, W), or (C, T, H, W) for a video model."""
-    shape = getattr(getattr(model, "config", None), "input_shape", None)
-    return tuple(shape) if shape is not None else (in_chans(model), *model_img_size(model))
-
-
-def model_flops(name: str, batch: int, img_size: int | tuple[int, int], *, train: bool, **kwargs: Any) -> int:
-    """FLOPs of one inference forward (``train=False``) or one training step (forward + backward) of a registered
-    model on a batch, counted on the meta device. Raises when the model cannot run there (data-dependent shapes)."""
-    model = _meta_model(name, img_size=img_size, **kwargs)
-    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.empty(batch, in_chans(model), *model_input_shape(model)[1:-2], h, w, device="meta")
-    model.train(train)
-    if train:
-        return count_flops(lambda: step_loss(model(x)).backward())
-    with torch.no_grad():
-        return count_flops(lambda: model(x))
-
-
-def count_model(name: str) -> dict[str, Any]:
-    """``{img_size, params, flops}`` of a registered model at its default input size, batch 1 (video models:
-    img_size is [T, H, W]): parameters and the FLOPs of one forward, built and run on the meta device (no memory, no
-    arithmetic, so the largest variants cost what the smallest do). A model that cannot run on meta (MAE's random masking selects tokens with data-dependent
-    shapes) is counted on the CPU instead, seeded, at its default mask ratio. ``flops`` is None if neither works."""
-    from . import create_model
-
-    model = _meta_model(name)
-    h, w = model_img_size(model)
-    shape = model_input_shape(model)
-    res: dict[str, Any] = {"img_size": list(shape[1:]) if len(shape) == 4 else h if h == w else [h, w],
-                           "params": sum(p.numel() for p in model.parameters()), "flops": None}
-    x = torch.empty(1, *shape, device="meta")
-    try:
-        with torch.no_grad():
-            res["flops"] = count_flops(lambda: model.eval()(x))
-        return res
-    except Exception as e:  # noqa: BLE001 - data-dependent shapes: count on the CPU
-        log.debug("%s: cannot count FLOPs on the meta device (%s); counting on the CPU", name, e)
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        torch.manual_seed(0)
-        cpu = create_model(name).eval()
-        # the plain math: grad enabled (no CPU inference kernel hides from the counter) and SDPA's math backend (the
-        # counter has no formula for the CPU flash-attention op; on meta SDPA is counted as its matmuls)
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            res["flops"] = count_flops(lambda: cpu(torch.zeros(1, *shape)))
-    except Exception as e:  # noqa: BLE001
-        log.debug("%s: cannot count FLOPs: %s", name, e)
-    return res
-
-
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> float:
     """Measured matmul throughput of this device in ``dtype`` (best of ``repeats``), MFU's denominator on a CPU."""
@@ -371,8 +286,25 @@ def compare(
                 flops = count_flops(steps[next(iter(models))] if train else (lambda: first(x)))
         except Exception as e:  # noqa: BLE001
             log.debug("cannot count FLOPs: %s", e)
+    _warm_up(steps, results, dev, warmup, flops, mode, min_repeat_s)
+    _timed_repeats(steps, results, dev, repeats)
+    if measure_memory:
+        for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
+            with PeakMemory(dev) as mem:
+                step()
+            results[k].peak_mb = mem.mb
+    for k, m in models.items():  # free the gradients of the training steps
+        if train:
+            m.zero_grad(set_to_none=True)
+    return [results[k] for k in models]
+
+
+def _warm_up(steps: dict[str, Callable[[], None]], results: dict[str, "Result"], dev: torch.device, warmup: int,
+             flops: int | None, mode: str, min_repeat_s: float) -> None:
+    """Warm-up calls (the first compiles a compiled model); sets each result's first-call time and steps per
+    repeat (enough to last ``min_repeat_s``). An implementation that raises is reported and dropped from ``steps``."""
     last: dict[str, float] = {}
-    for k, step in list(steps.items()):  # warm-up; the first call compiles a compiled model
+    for k, step in list(steps.items()):
         results[k].flops = flops
         try:
             for i in range(max(1, warmup)):
@@ -389,6 +321,12 @@ def compare(
             del steps[k]
     for k in steps:
         results[k].steps_per_repeat = max(1, int(min_repeat_s / max(last[k], 1e-6)) + 1) if min_repeat_s else 1
+
+
+def _timed_repeats(steps: dict[str, Callable[[], None]], results: dict[str, "Result"], dev: torch.device,
+                   repeats: int) -> None:
+    """``repeats`` rounds, interleaved implementation by implementation so drift hits all alike; appends seconds
+    per step to each result. An implementation that raises is reported and dropped from ``steps``."""
     for _ in range(repeats):
         for k, step in list(steps.items()):
             n = results[k].steps_per_repeat
@@ -402,15 +340,6 @@ def compare(
             except Exception as e:  # noqa: BLE001
                 results[k].error = short_error(e)
                 del steps[k]
-    if measure_memory:
-        for k, step in steps.items():  # peak memory of one more step, after the timings (it changes malloc's settings)
-            with PeakMemory(dev) as mem:
-                step()
-            results[k].peak_mb = mem.mb
-    for k, m in models.items():  # free the gradients of the training steps
-        if train:
-            m.zero_grad(set_to_none=True)
-    return [results[k] for k in models]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,46 +489,14 @@ def run_benchmark(
     frames = model_input_shape(ours)[1:-2]  # video models: (T,)
     x = torch.randn(batch_size, in_chans(ours), *frames, h, w, device=dev)
 
-    if peak_tflops is None:
-        if dev.type == "cuda":
-            peak_tflops = gpu_peak_tflops(torch.cuda.get_device_name(dev), amp)
-            peak_src = "table" if peak_tflops else "unknown GPU (pass --peak-tflops)"
-        else:
-            dtype = AMP_DTYPES[amp] or torch.float32
-            peak_tflops = matmul_peak_gflops(device=dev, dtype=dtype) / 1e3
-            peak_src = f"measured {str(dtype).replace('torch.', '')} matmul"
-    else:
-        peak_src = "given"
+    peak_tflops, peak_src = _resolve_peak(dev, amp, peak_tflops)
     setup = _setup(model, batch_size, (h, w), dev, amp, compile, compile_mode, peak_tflops, peak_src)
-    print_fn(f"{model}  batch {batch_size}  {h}x{w}  {setup['device_name']}  amp {amp}  "
-             f"{'compile' + (f' ({compile_mode})' if compile_mode else '') if compile else 'eager'}  "
-             f"torch {torch.__version__}  timm {setup['timm'] or '-'}  threads {torch.get_num_threads()}  "
-             f"peak {_fmt_peak(peak_tflops)} ({peak_src})")
-    print_fn("train step = zero_grad + forward + backward of a log-sum-exp loss (no optimizer step); "
-             "peak MB above the weights; first s = first call (compilation for compiled models)")
-    header = f"{'mode':<6}{'impl':<15}{'img/s':>10}{'ms/step':>10}{'ratio':>8}{'GFLOP/img':>11}{'MFU':>7}" \
-             f"{'peak MB':>10}{'first s':>9}"
-    print_fn(header)
+    _print_header(print_fn, setup, model, batch_size, (h, w), amp, compile, compile_mode, peak_tflops, peak_src)
     all_results: list[Result] = []
     for mode in (["infer", "train"] if train else ["infer"]):
-        is_train = mode == "train"
-        # compiled training steps only when asked for (on the CPU the defaults compile for inference alone)
-        names = impls if (explicit or compile or not is_train) else [i for i in impls if not i.endswith("compiled")]
-        try:
-            flops = model_flops(model, batch_size, h if h == w else (h, w), train=is_train)
-        except Exception as e:  # noqa: BLE001 - counted on the real model by compare()
-            log.debug("%s: cannot count FLOPs on meta (%s)", model, e)
-            flops = None
-        mods, skipped = build_impls(names, ours, ref, train=is_train, compile_mode=compile_mode,
-                                    compile_backend=compile_backend)
-        freeze = dev.type == "cpu" and not is_train and compile_backend == "inductor"
-        with _inductor_freezing() if freeze else contextlib.nullcontext():
-            results = compare(mods, x, train=is_train, warmup=warmup, repeats=repeats, amp=amp, flops=flops,
-                              min_repeat_s=0.05 if dev.type == "cuda" else 0.0)
-        results += [Result(k, mode, batch_size, error=f"skipped: {why}") for k, why in skipped.items()]
-        ok = [r for r in results if r.ok]
-        base = next((r for r in ok if r.name == "timm-compiled"), None) or next((r for r in ok if r.name == "timm"),
-                                                                             None) or (ok[0] if ok else None)
+        results = _bench_mode(mode, model, ours, ref, x, impls, explicit, compile, compile_mode, compile_backend,
+                              warmup, repeats, amp)
+        base = _ratio_base(results)
         for r in results:
             print_fn(_row(r, base, peak_tflops, batch_size))
         all_results += results
@@ -609,6 +506,62 @@ def run_benchmark(
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     return report
+
+
+def _print_header(print_fn: Callable[[str], None], setup: dict[str, Any], model: str, batch_size: int,
+                  hw: tuple[int, int], amp: str, compile: bool, compile_mode: str | None, peak_tflops: float | None,
+                  peak_src: str) -> None:
+    """The set-up line, what a step is, and the column header of the table."""
+    h, w = hw
+    print_fn(f"{model}  batch {batch_size}  {h}x{w}  {setup['device_name']}  amp {amp}  "
+             f"{'compile' + (f' ({compile_mode})' if compile_mode else '') if compile else 'eager'}  "
+             f"torch {torch.__version__}  timm {setup['timm'] or '-'}  threads {torch.get_num_threads()}  "
+             f"peak {_fmt_peak(peak_tflops)} ({peak_src})")
+    print_fn("train step = zero_grad + forward + backward of a log-sum-exp loss (no optimizer step); "
+             "peak MB above the weights; first s = first call (compilation for compiled models)")
+    header = f"{'mode':<6}{'impl':<15}{'img/s':>10}{'ms/step':>10}{'ratio':>8}{'GFLOP/img':>11}{'MFU':>7}" \
+             f"{'peak MB':>10}{'first s':>9}"
+    print_fn(header)
+
+
+def _ratio_base(results: list["Result"]) -> "Result | None":
+    """The row ratios are taken against: timm-compiled where measured, else timm, else the first that ran."""
+    ok = [r for r in results if r.ok]
+    by_name = {r.name: r for r in ok}
+    return by_name.get("timm-compiled") or by_name.get("timm") or (ok[0] if ok else None)
+
+
+def _resolve_peak(dev: torch.device, amp: str, peak_tflops: float | None) -> tuple[float | None, str]:
+    """The MFU denominator and where it came from: given, the GPU table, or a matmul measured here."""
+    if peak_tflops is not None:
+        return peak_tflops, "given"
+    if dev.type == "cuda":
+        peak = gpu_peak_tflops(torch.cuda.get_device_name(dev), amp)
+        return peak, "table" if peak else "unknown GPU (pass --peak-tflops)"
+    dtype = AMP_DTYPES[amp] or torch.float32
+    return matmul_peak_gflops(device=dev, dtype=dtype) / 1e3, f"measured {str(dtype).replace('torch.', '')} matmul"
+
+
+def _bench_mode(mode: str, model: str, ours: nn.Module, ref: nn.Module | None, x: Tensor, impls: list[str],
+                explicit: bool, compile: bool, compile_mode: str | None, compile_backend: str, warmup: int,
+                repeats: int, amp: str) -> list["Result"]:
+    """One mode's rows (``infer`` or ``train``): builds the implementations, counts FLOPs on meta, times them."""
+    is_train = mode == "train"
+    batch_size, (h, w) = x.shape[0], x.shape[-2:]
+    # compiled training steps only when asked for (on the CPU the defaults compile for inference alone)
+    names = impls if (explicit or compile or not is_train) else [i for i in impls if not i.endswith("compiled")]
+    try:
+        flops = model_flops(model, batch_size, h if h == w else (h, w), train=is_train)
+    except Exception as e:  # noqa: BLE001 - counted on the real model by compare()
+        log.debug("%s: cannot count FLOPs on meta (%s)", model, e)
+        flops = None
+    mods, skipped = build_impls(names, ours, ref, train=is_train, compile_mode=compile_mode,
+                                compile_backend=compile_backend)
+    freeze = x.device.type == "cpu" and not is_train and compile_backend == "inductor"
+    with _inductor_freezing() if freeze else contextlib.nullcontext():
+        results = compare(mods, x, train=is_train, warmup=warmup, repeats=repeats, amp=amp, flops=flops,
+                          min_repeat_s=0.05 if x.device.type == "cuda" else 0.0)
+    return results + [Result(k, mode, batch_size, error=f"skipped: {why}") for k, why in skipped.items()]
 
 
 def _fmt_peak(tflops: float | None) -> str:

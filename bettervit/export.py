@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from .bench import in_chans, model_img_size
+from .models.base import img_size_hw
+from .models.facts import in_chans, model_img_size
 
 log = logging.getLogger(__name__)
 
@@ -147,32 +148,14 @@ def export_model(
     batch sizes 1 and 3 (and another H x W when dynamic). Raises :class:`ExportError` when the export fails or the file's logits differ from eager by more
     than ``atol``. An existing ``path`` is an error unless ``overwrite``.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if getattr(getattr(model, "config", None), "num_frames", 0):
-        raise ValueError("export takes image models; video models (num_frames > 0) are not supported yet")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output directory not found: {path.parent}")
-    if fmt == "onnx":
-        require_onnx()
+    path = _check_target(model, fmt, Path(path), overwrite)
     t0 = time.perf_counter()
     model = model.eval().cpu().float()
-    hw = model_img_size(model) if img_size is None else (
-        (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1])))
+    hw = model_img_size(model) if img_size is None else img_size_hw(img_size)
     chans = in_chans(model)
     m = size_multiple(model)
     auto_hw = dynamic_hw is None
-    symbolic_ok = getattr(getattr(model, "model", model), "export_dynamic_hw", True)
-    if dynamic_hw and not symbolic_ok:
-        raise ValueError(f"{type(getattr(model, 'model', model)).__name__} exports with a static H x W "
-                         "(a dynamic batch is fine): export one file per input size")
-    if auto_hw:
-        dynamic_hw = symbolic_ok and _takes_other_sizes(model, chans, hw, m)
-    elif dynamic_hw and (hw[0] % m or hw[1] % m):
-        raise ValueError(f"dynamic H x W needs img_size a multiple of {m}, got {hw[0]}x{hw[1]}")
+    dynamic_hw = _dynamic_hw(model, dynamic_hw, chans, hw, m)
     x = torch.randn(EXPORT_BATCH, chans, *hw)
     report = ExportReport(path, fmt, tuple(x.shape), dynamic_batch, dynamic_hw, hw_multiple=m if dynamic_hw else None,
                           atol=atol)
@@ -188,17 +171,7 @@ def export_model(
         ep = _torch_export(model, x, dynamic_batch, False, m)
     if dynamic_batch:
         report.batch_range = _batch_range(ep)
-    try:
-        if fmt == "pt2":
-            torch.export.save(ep, str(path))
-        else:
-            with _quiet_onnx():
-                program = torch.onnx.export(ep, dynamo=True, verbose=False)
-                program.save(str(path), external_data=_param_bytes(model) > 1.5 * 2**30)  # ONNX's protobuf: < 2 GB
-    except Exception as e:  # noqa: BLE001
-        path.unlink(missing_ok=True)
-        step = "saving the exported program" if fmt == "pt2" else "torch.onnx.export"
-        raise ExportError(f"{step} failed: {_first_line(e)}") from e
+    _save(ep, model, fmt, path)
 
     if verify:
         shapes = [(b, chans, *hw) for b in (VERIFY_BATCHES if dynamic_batch else (EXPORT_BATCH,))]
@@ -211,6 +184,50 @@ def export_model(
         raise ExportError(f"the exported file does not match eager: {report.summary()}", report)
     log.info("%s", report.summary())
     return report
+
+
+def _dynamic_hw(model: nn.Module, dynamic_hw: bool | None, chans: int, hw: tuple[int, int], m: int) -> bool:
+    """Whether to export H x W as dynamic: as asked (an error where the model cannot), or for None whether the
+    model traces symbolically and its eager form takes another size."""
+    symbolic_ok = getattr(getattr(model, "model", model), "export_dynamic_hw", True)
+    if dynamic_hw and not symbolic_ok:
+        raise ValueError(f"{type(getattr(model, 'model', model)).__name__} exports with a static H x W "
+                         "(a dynamic batch is fine): export one file per input size")
+    if dynamic_hw is None:
+        return bool(symbolic_ok and _takes_other_sizes(model, chans, hw, m))
+    if dynamic_hw and (hw[0] % m or hw[1] % m):
+        raise ValueError(f"dynamic H x W needs img_size a multiple of {m}, got {hw[0]}x{hw[1]}")
+    return dynamic_hw
+
+
+def _check_target(model: nn.Module, fmt: str, path: Path, overwrite: bool) -> Path:
+    """One-line errors for a format, model or output path export cannot take; ``path`` back."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if getattr(getattr(model, "config", None), "num_frames", 0):
+        raise ValueError("export takes image models; video models (num_frames > 0) are not supported yet")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output directory not found: {path.parent}")
+    if fmt == "onnx":
+        require_onnx()
+    return path
+
+
+def _save(ep: Any, model: nn.Module, fmt: str, path: Path) -> None:
+    """Write the exported program as ``fmt``; a failure removes the partial file and raises :class:`ExportError`."""
+    try:
+        if fmt == "pt2":
+            torch.export.save(ep, str(path))
+        else:
+            with _quiet_onnx():
+                program = torch.onnx.export(ep, dynamo=True, verbose=False)
+                program.save(str(path), external_data=_param_bytes(model) > 1.5 * 2**30)  # ONNX's protobuf: < 2 GB
+    except Exception as e:  # noqa: BLE001
+        path.unlink(missing_ok=True)
+        step = "saving the exported program" if fmt == "pt2" else "torch.onnx.export"
+        raise ExportError(f"{step} failed: {_first_line(e)}") from e
 
 
 def require_onnx() -> None:

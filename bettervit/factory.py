@@ -22,7 +22,6 @@ from typing import Any, Sequence
 from torch import nn
 
 from . import models as _models  # noqa: F401  (importing the model package registers every variant)
-from .pretrain import mae as _mae  # noqa: F401  (registers the mae_hiera_* variants)
 from .registry import REGISTRY, ModelEntry
 
 log = logging.getLogger(__name__)
@@ -170,6 +169,7 @@ def create_model(
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
     output_stride: int | None = None,
+    feature_cls: str | type | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally with weights, the way ``timm.create_model`` does.
@@ -184,10 +184,13 @@ def create_model(
     (H, W)) and any field of the family's config dataclass; ``None`` values are ignored, unknown names raise.
     checkpoint_path: a local file loaded after ``pretrained`` (strict, same conversions).
     features_only: return a :class:`~bettervit.features.FeatureGetter` giving the maps of ``out_indices``
-    (default: the family's, as timm's). output_stride: only the model's natural stride is supported.
+    (default: the family's, as timm's). feature_cls: ``None``, ``"getter"`` (timm's ``FeatureGetterNet``) or
+    ``"list"`` give that list, ``"dict"`` a dict keyed by level index; a class is called as
+    ``feature_cls(model, out_indices=...)`` (e.g. timm's ``FeatureGetterNet``). output_stride: only the model's
+    natural stride is supported. ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=PATH)`` loads that local
+    file (timm's way of naming one).
     """
     from . import weights
-    from .features import FeatureGetter
 
     for unused in ("scriptable", "exportable", "no_jit"):  # timm's layer-config switches: nothing to switch here
         kwargs.pop(unused, None)
@@ -201,7 +204,7 @@ def create_model(
     model.pretrained_cfg = _model_cfg(cfg, model)
 
     if pretrained is not False and pretrained is not None:
-        source = _hub_id(entry, cfg) if pretrained is True else pretrained
+        source = (cfg.get("file") or _hub_id(entry, cfg)) if pretrained is True else pretrained
         path = weights.resolve(source, cache_dir=None if cache_dir is None else str(cache_dir))
         weights.load_into(model, weights.load_state_dict(path), source=str(path), first_conv=cfg.get("first_conv"))
     if checkpoint_path is not None:
@@ -212,15 +215,66 @@ def create_model(
         natural = model.feature_info[-1]["reduction"] if getattr(model, "feature_info", None) else None
         if output_stride != natural:
             raise ValueError(f"{entry.name} supports only its natural output_stride={natural}, got {output_stride}")
-    if features_only:
-        indices = model.default_out_indices if out_indices is None else out_indices
-        feature_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
-        model = FeatureGetter(model, indices)
-        model.pretrained_cfg = feature_cfg
-        model.default_cfg = feature_cfg
-    elif out_indices is not None:
-        raise ValueError("out_indices is only used with features_only=True")
+    return wrap_features(model, features_only, out_indices, feature_cls)
+
+
+def wrap_features(model: nn.Module, features_only: bool, out_indices: Any, feature_cls: str | type | None
+                  ) -> nn.Module:
+    """``create_model``'s last step: the model itself, or with ``features_only`` its feature wrapper (see there),
+    carrying the model's pretrained config less the classifier's fields."""
+    from .features import FEATURE_CLS, FeatureGetter
+
+    if not features_only:
+        if out_indices is not None or feature_cls is not None:
+            raise ValueError("out_indices and feature_cls are only used with features_only=True")
+        return model
+    indices = model.default_out_indices if out_indices is None else out_indices
+    feature_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
+    kind = "class" if isinstance(feature_cls, type) else "getter" if feature_cls is None else str(feature_cls).lower()
+    if kind == "class":
+        model = feature_cls(model, out_indices=indices)
+    elif kind in FEATURE_CLS:
+        model = FeatureGetter(model, indices, return_dict=kind == "dict")
+    else:
+        raise ValueError(f"feature_cls must be one of {', '.join(FEATURE_CLS)} or a class, got {feature_cls!r} "
+                         f"(bettervit's models are read through forward_intermediates, timm's getter way)")
+    model.pretrained_cfg = feature_cfg
+    model.default_cfg = feature_cfg
     return model
+
+
+def get_pretrained_cfg_value(model_name: str, cfg_key: str) -> Any:
+    """One field of :func:`get_pretrained_cfg` (``None`` if the config has no such field), as timm's."""
+    return get_pretrained_cfg(model_name).get(cfg_key)
+
+
+_SCRIPTABLE = False
+
+
+def is_scriptable() -> bool:
+    """The flag :class:`set_scriptable` last set (timm's layer-config switch)."""
+    return _SCRIPTABLE
+
+
+class set_scriptable:
+    """timm's ``set_scriptable(mode)``: sets the scriptable flag (also as a ``with`` block, restored on exit).
+
+    A documented no-op for the models: bettervit does not support TorchScript (it targets ``torch.compile`` and
+    ``torch.export``), so no layer changes with the flag; it exists so code written for timm runs unchanged.
+    """
+
+    def __init__(self, mode: bool) -> None:
+        global _SCRIPTABLE
+        self.prev = _SCRIPTABLE
+        _SCRIPTABLE = bool(mode)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: Any) -> bool:
+        global _SCRIPTABLE
+        _SCRIPTABLE = self.prev
+        return False
 
 
 def _model_cfg(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -232,6 +286,10 @@ def _model_cfg(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         frames = [int(config.num_frames)] if getattr(config, "num_frames", 0) else []  # video: (C, T, H, W)
         out["input_size"] = [getattr(config, "in_chans", 3), *frames, int(h), int(w)]
+        info = getattr(model, "feature_info", None)
+        if "pool_size" in out and info:  # the final map's grid at the built input size (what forward_features gives)
+            r = info[-1]["reduction"]
+            out["pool_size"] = [int(h) // r, int(w) // r]
     if hasattr(model, "num_classes"):
         out["num_classes"] = model.num_classes
     return out

@@ -52,3 +52,17 @@ def register_model(model_cls: type[nn.Module], *, weights: str | None = None, fa
         return fn
 
     return wrap
+
+
+def register_variant(model_cls: type[nn.Module], name: str, make_config: Callable[[], Any], doc: str, *,
+                     weights: str | None = None, family: str | None = None,
+                     pretrained_cfg: dict[str, Any] | None = None) -> None:
+    """Register one row of a family's table of variants: ``name`` (written out in the table, so a search for it
+    finds where it is defined) builds ``make_config()``. The other arguments as :func:`register_model`'s."""
+
+    def variant() -> Any:
+        return make_config()
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = doc
+    register_model(model_cls, weights=weights, family=family, pretrained_cfg=pretrained_cfg)(variant)

@@ -19,8 +19,9 @@ Written to tests/golden/hiera/:
                                 and in the metadata feature_info and features_only's channels / reductions / modules.
   timm_sizes_hiera_tiny_224.safetensors
                                 timm's hiera_tiny_224 created at 256x192 and 160x320 with the rule's 224 checkpoint,
-                                its position embedding resampled by timm's resample_abs_pos_embed (bicubic, no
-                                antialias): logits and the 4 stage maps (first 4 channels) of one golden input each.
+                                its position embedding resampled by timm's resample_abs_pos_embed with its defaults
+                                (bicubic, antialias): logits and the 4 stage maps (first 4 channels) of one golden
+                                input each.
     .ref/bin/python scripts/golden_hiera.py
 """
 import json
@@ -182,7 +183,7 @@ def sizes_fixture() -> None:
         model = timm.create_model("hiera_tiny_224", img_size=(h, w)).eval()
         moved = dict(sd)
         moved["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=(h // 4, w // 4), old_size=(56, 56),
-                                                    num_prefix_tokens=0, antialias=False)
+                                                    num_prefix_tokens=0)  # timm's default: antialias=True
         model.load_state_dict(moved, strict=True)
         x = golden_input((1, 3, h, w))
         tag = f"{h}x{w}"
@@ -202,6 +203,9 @@ if __name__ == "__main__":
         sys.exit()
     if sys.argv[1:] == ["api-only"]:
         api_fixture()
+        sys.exit()
+    if sys.argv[1:] == ["sizes"]:  # only the run-time-size fixture
+        sizes_fixture()
         sys.exit()
     mae_shapes()
     official_mae_fixture()

@@ -9,7 +9,7 @@ import torch
 
 import bettervit
 from bettervit import weights
-from bettervit.models.eva02 import rope_angles, rope_tables, rotate
+from bettervit.models.eva import rope_angles, rope_tables, rotate
 from golden_util import GOLDEN, golden_input, read_fixture
 from fill import fill_value
 
@@ -318,7 +318,7 @@ def test_deepcopy_and_half_precision_tables():
 
 
 def test_packed_swiglu_gradient_matches_autograd():
-    from bettervit.models.eva02 import _PackedSwiGLU
+    from bettervit.models.eva import _PackedSwiGLU
 
     y = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_PackedSwiGLU.apply, (y,))

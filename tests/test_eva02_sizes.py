@@ -8,7 +8,7 @@ import torch
 
 import bettervit
 from bettervit import weights
-from bettervit.models.eva02 import resample_patch_embed
+from bettervit.models.eva import resample_patch_embed
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 TOL = 1e-4

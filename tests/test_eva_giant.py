@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bettervit
-from bettervit.cli import model_counts
+from bettervit.models.facts import model_counts
 from golden_util import GOLDEN, golden_input, read_fixture, reference_checkpoint
 
 TOL = 1e-4
@@ -27,7 +27,7 @@ SMALL = META["small"]
 CH = 8  # channels stored per map / token
 
 
-def _small(name: str = "eva_giant_patch14_224", shapes: dict = SHAPES, **kw) -> bettervit.models.eva02.Eva02:
+def _small(name: str = "eva_giant_patch14_224", shapes: dict = SHAPES, **kw) -> bettervit.models.eva.Eva:
     """The giant variant at the small width, loaded strictly with timm's filled checkpoint (same keys, same shapes)."""
     m = bettervit.create_model(name, **SMALL, **kw).eval()
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes

@@ -170,7 +170,7 @@ def built_at_224():
 @pytest.mark.parametrize("tag", ["256x192", "160x320"])
 def test_run_time_size_equals_timm_created_at_that_size(built_at_224, tag):
     """A model built at 224 takes other H x W: equal to timm's Hiera created at that size with the position
-    embedding resampled (bicubic, no antialias)."""
+    embedding resampled (bicubic with antialias, timm's convention)."""
     model, ref, meta = built_at_224
     x = golden_input(tuple(meta["sizes"][tag]))
     with torch.inference_mode():

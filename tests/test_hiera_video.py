@@ -102,7 +102,7 @@ OFFICIAL_COUNTS = dict(base=(51092560, 203451850752), base_plus=(69392240, 26460
 
 
 # the official mae_hiera_*_16x224 likewise, one pretraining forward at mask ratio 0.9 counted on the CPU (seed 0,
-# SDPA's math backend), as bettervit.bench.count_model counts MAE models
+# SDPA's math backend), as bettervit.models.facts.count_model counts MAE models
 OFFICIAL_MAE_COUNTS = dict(base=(79367104, 142686281728), base_plus=(98320352, 150098292736),
                            large=(243621760, 202903367680), huge=(710861568, 372675641344))
 
@@ -111,7 +111,7 @@ OFFICIAL_MAE_COUNTS = dict(base=(79367104, 142686281728), base_plus=(98320352, 1
 def test_video_parameter_and_flop_counts(size):
     """Our models count what the official ones do, and `bettervit models` (bettervit/_counts.py) shows it."""
     from bettervit._counts import COUNTS
-    from bettervit.bench import count_model
+    from bettervit.models.facts import count_model
 
     c = count_model(f"hiera_{size}_16x224")
     assert (c["params"], c["flops"]) == OFFICIAL_COUNTS[size]

@@ -71,7 +71,7 @@ def test_variants_equal_timm():
 
 def test_models_table_counts_equal_timm():
     """`bettervit models`: parameters and GMACs at the default size equal timm's (FlopCounterMode, batch 1)."""
-    from bettervit.bench import count_model
+    from bettervit.models.facts import count_model
 
     ref = json.loads((HD / "timm_variants.json").read_text())["variants"]
     for name, r in ref.items():

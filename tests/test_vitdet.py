@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bettervit
-from bettervit.models.eva02 import resample_patch_embed, rope_tables
+from bettervit.models.eva import resample_patch_embed, rope_tables
 from bettervit.models.vitdet import ViTDetBackbone, global_block_indices, vitdet_eva02
 
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def img_size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """A config's ``img_size`` (a side, or (H, W)) as (H, W): the one spelling every family uses."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
@@ -88,6 +95,13 @@ class Backbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
         self.grad_checkpointing = enable
+
+    def run_block(self, block: nn.Module, *args: Any) -> Any:
+        """``block(*args)``, through activation checkpointing when it is on and autograd records (the one place
+        every family's block loop goes through)."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def param_layer_ids(self) -> dict[str, int]:
         """Layer id of every parameter (0 = stem ... num_layer_ids() - 1 = head), for layer-wise LR decay."""

@@ -21,13 +21,14 @@ Video (the paper's Kinetics models, ``hiera_*_16x224``; ``HieraConfig.num_frames
 (B, C, T, H, W): a 3x7x7 stride-2x4x4 patch conv, a separable position embedding (spatial + temporal, the official
 names) and mask units of 1x8x8 tokens, so the blocks are unchanged; see the token-order note above ``unroll``.
 
-The file reads top to bottom: config -> token order -> attention -> block -> model -> variants -> checkpoint key
-map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load
+The file reads top to bottom: config -> token order -> attention -> block -> the trunk shared with HieraDet
+(``HieraTrunk``) -> model -> variants -> checkpoint key map. Parameter names equal timm's (``hiera_*_224``); the official ``hiera-transformer`` names are mapped on load
 (video: timm has no video Hiera; the official names, which are ours but for the head, likewise).
 One forward per block, for every backend; the CPU inference kernels are a separate pass (bettervit/optimize/hiera.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -35,31 +36,30 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
-from ..registry import register_model
+from ..layers import POOL_TYPES, DropPath, Mlp, NormClassifierHead, ResampledPosEmbedCache, check_pool_type
 from ..layers.pos_embed import resample_abs_pos_embed
-from .base import Backbone, feature_take_indices
+from ..registry import register_model, register_variant
+from .base import Backbone, feature_take_indices, img_size_hw
 
 
 @dataclass
-class HieraConfig:
-    embed_dim: int = 96  # width of stage 1; doubles at each stage (dim_mul)
-    num_heads: int = 1  # heads of stage 1; double at each stage (head_mul)
-    stages: tuple[int, ...] = (2, 3, 16, 3)  # blocks per stage
-    # the size the model is built for: it sets the stored position-embedding grid. Any H x W that are multiples of
-    # patch_stride * mask_unit_size = 32 runs at run time (the position embedding is resampled, see pos_embed_for)
+class HieraTrunkConfig:
+    """The fields every Hiera shares (image and video Hiera, SAM 2's HieraDet); names are timm's."""
+
+    embed_dim: int = 96  # width of stage 1; multiplied by dim_mul at each stage
+    num_heads: int = 1  # heads of stage 1; multiplied by head_mul at each stage
+    depths: tuple[int, ...] = (2, 3, 16, 3)  # blocks per stage
+    # the size the model is built for: it sets the stored position-embedding grid (Hiera) or the default input
+    # size (HieraDet). Other multiples of 32 run at run time (see each model's pos_embed_for / embed)
     img_size: int | tuple[int, int] = 224
     in_chans: int = 3
     num_classes: int = 1000
-    global_pool: str = "avg"  # token pooling before the head: "avg", "max", "avgmax" or "" (none: per-token logits)
+    global_pool: str = "avg"  # pooling before the head: "avg", "max", "avgmax" or "" (none: per-position logits)
     drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate)
     drop_path_rate: float = 0.0  # stochastic depth of the last block; linear from 0 over the blocks
     q_pool: int = 3  # number of stage transitions that pool (3 for classifiers, 2 for MAE encoders)
     q_stride: int = 2  # pooling stride per axis
-    mask_unit_size: int = 8  # tokens per mask-unit side; must equal q_stride ** (len(stages) - 1)
-    mask_unit_attn: tuple[bool, ...] = (True, True, False, False)  # per stage: mask-unit (True) or global
     dim_mul: float = 2.0
     head_mul: float = 2.0
     patch_kernel: int = 7
@@ -68,6 +68,30 @@ class HieraConfig:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     head_init_scale: float = 0.001
+    stages: tuple[int, ...] | None = None  # older name of depths; when given it sets depths
+
+    def __post_init__(self) -> None:
+        if self.stages is not None:
+            self.depths, self.stages = tuple(self.stages), None
+        for name in ("depths", "img_size"):  # e.g. lists from a JSON / YAML config
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+
+    @property
+    def stage_ends(self) -> list[int]:
+        """Index of the last block of every stage."""
+        return [sum(self.depths[: i + 1]) - 1 for i in range(len(self.depths))]
+
+    def validate_trunk(self) -> None:
+        if not 0 <= self.q_pool < len(self.depths):
+            raise ValueError(f"q_pool must be in [0, {len(self.depths) - 1}], got {self.q_pool}")
+        check_pool_type(self.global_pool)
+
+
+@dataclass
+class HieraConfig(HieraTrunkConfig):
+    mask_unit_size: int = 8  # tokens per mask-unit side; must equal q_stride ** (len(depths) - 1)
+    mask_unit_attn: tuple[bool, ...] = (True, True, False, False)  # per stage: mask-unit (True) or global
     head_dropout: float | None = None  # older name of drop_rate; when given it sets drop_rate
     # Video (the paper's Kinetics models, sec. 4): num_frames > 0 builds the video model. The patch embed is a 3-D
     # conv (patch_kernel_t x k x k, stride patch_stride_t x s x s), the position embedding is separable (spatial +
@@ -79,26 +103,19 @@ class HieraConfig:
     patch_padding_t: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.head_dropout is not None:
             self.drop_rate, self.head_dropout = self.head_dropout, None
-        if isinstance(self.img_size, list):  # e.g. from a JSON config
-            self.img_size = tuple(self.img_size)
 
     @property
-    def img_hw(self) -> tuple[int, int]:
-        """The build size as (H, W)."""
-        s = self.img_size
-        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-    @property
-    def multiple(self) -> int:
+    def input_multiple(self) -> int:
         """Input sides must be multiples of this (32): one mask unit in pixels."""
         return self.patch_stride * self.mask_unit_size
 
     @property
     def token_grid(self) -> tuple[int, int]:
         """Token grid (h, w) of the build size: the grid the stored position embedding has."""
-        H, W = self.img_hw
+        H, W = img_size_hw(self.img_size)
         return H // self.patch_stride, W // self.patch_stride
 
     @property
@@ -117,7 +134,7 @@ class HieraConfig:
     @property
     def num_unroll(self) -> int:
         """How many 2x2 levels the token order encodes: one per stage transition."""
-        return len(self.stages) - 1
+        return len(self.depths) - 1
 
     @property
     def is_video(self) -> bool:
@@ -131,34 +148,25 @@ class HieraConfig:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One input of the build size without the batch: (C, H, W), or (C, T, H, W) for video."""
-        H, W = self.img_hw
+        H, W = img_size_hw(self.img_size)
         return (self.in_chans, self.num_frames, H, W) if self.is_video else (self.in_chans, H, W)
 
-    @property
-    def stage_ends(self) -> list[int]:
-        return [sum(self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
-
     def validate(self) -> None:
-        if len(self.mask_unit_attn) != len(self.stages):
-            raise ValueError(f"mask_unit_attn needs one flag per stage ({len(self.stages)}), got {self.mask_unit_attn}")
-        if not 0 <= self.q_pool < len(self.stages):
-            raise ValueError(f"q_pool must be in [0, {len(self.stages) - 1}], got {self.q_pool}")
+        self.validate_trunk()
+        if len(self.mask_unit_attn) != len(self.depths):
+            raise ValueError(f"mask_unit_attn needs one flag per stage ({len(self.depths)}), got {self.mask_unit_attn}")
         if self.mask_unit_size != self.q_stride**self.num_unroll:
             raise ValueError(
-                f"mask_unit_size must equal q_stride ** (stages - 1) = {self.q_stride ** self.num_unroll}, "
+                f"mask_unit_size must equal q_stride ** (len(depths) - 1) = {self.q_stride ** self.num_unroll}, "
                 f"got {self.mask_unit_size}"
             )
-        H, W = self.img_hw
-        if min(H, W) <= 0 or H % self.multiple or W % self.multiple:
-            raise ValueError(f"Hiera img_size must be a positive multiple of {self.multiple} per side, got {self.img_size}")
-        if self.global_pool not in POOL_TYPES:
-            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {self.global_pool!r}")
+        H, W = img_size_hw(self.img_size)
+        if min(H, W) <= 0 or H % self.input_multiple or W % self.input_multiple:
+            raise ValueError(f"Hiera img_size must be a positive multiple of {self.input_multiple} per side, got {self.img_size}")
         if self.num_frames < 0 or self.num_frames % self.patch_stride_t:
             raise ValueError(f"Hiera num_frames must be 0 (image model) or a positive multiple of patch_stride_t = "
                              f"{self.patch_stride_t}, got {self.num_frames}")
 
-
-POOL_TYPES = ("", "avg", "max", "avgmax")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,9 +269,10 @@ class MaskUnitAttention(nn.Module):
     N // (q_stride * window_size) (also with MAE, where only visible units are present).
     """
 
-    def __init__(self, dim: int, dim_out: int, heads: int, q_stride: int, window_size: int, unit_attn: bool) -> None:
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_stride: int, window_size: int,
+                 unit_attn: bool) -> None:
         super().__init__()
-        self.dim_out, self.heads, self.head_dim = dim_out, heads, dim_out // heads
+        self.dim_out, self.num_heads, self.head_dim = dim_out, num_heads, dim_out // num_heads
         self.q_stride, self.window_size, self.unit_attn = q_stride, window_size, unit_attn
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
@@ -283,23 +292,38 @@ class MaskUnitAttention(nn.Module):
             G, T, U = B, N, N // (self.q_stride * self.window_size) if self.q_stride > 1 else 1
         # (G, T, 3, nh, hd) -> 3 x (G, nh, T, hd) views. Unbinding dim 2 (not permuting 3 to the front first) makes
         # the backward stack the three gradients straight into the token-major layout the qkv matmul reads: one copy.
-        q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.heads, self.head_dim).unbind(2))
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(G, T, 3, self.num_heads, self.head_dim).unbind(2))
         if self.q_stride > 1:  # the 2x2 window is the leading pair inside each unit (see unroll)
-            q = q.reshape(G, self.heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
-            q = window_max(q, dim=3).view(G, self.heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
+            q = q.reshape(G, self.num_heads, U, self.q_stride, T // (U * self.q_stride), self.head_dim)
+            q = window_max(q, dim=3).view(G, self.num_heads, -1, self.head_dim)  # (G, nh, T / q_stride, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (G, nh, T', hd)
         return x.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, N', C_out)
 
 
-class HieraBlock(nn.Module):
-    """Pre-norm transformer block. At a stage's first block the width changes: the residual is projected from the
-    normed input and max-pooled like the queries, so the block maps (B, N, C) -> (B, N / q_stride, C_out)."""
+class StageBlock(nn.Module):
+    """The pre-norm block every Hiera is made of (Hiera, HieraDet): ``norm1`` -> ``attn`` and ``norm2`` -> ``mlp``
+    residual branches; at a stage's first block the width changes, the residual taken as ``proj`` of the normed
+    input (and pooled like the queries). Subclasses give the attention and the forward."""
+
+    def __init__(self, dim: int, dim_out: int, attn: nn.Module, mlp_ratio: float, eps: float) -> None:
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
+
+
+class HieraBlock(StageBlock):
+    """Hiera's block: mask-unit or global attention over (B, N, C) tokens in mask-unit order. At a stage's first
+    block the residual is max-pooled like the queries, so the block maps (B, N, C) -> (B, N / q_stride, C_out)."""
 
     def __init__(
         self,
         dim: int,
         dim_out: int,
-        heads: int,
+        num_heads: int,
         *,
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
@@ -308,14 +332,10 @@ class HieraBlock(nn.Module):
         unit_attn: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        self.dim, self.dim_out, self.q_stride, self.window_size = dim, dim_out, q_stride, window_size
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, unit_attn)
+        super().__init__(dim, dim_out, MaskUnitAttention(dim, dim_out, num_heads, q_stride, window_size, unit_attn),
+                         mlp_ratio, eps)
+        self.q_stride, self.window_size = q_stride, window_size
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
 
     def forward(self, x: Tensor) -> Tensor:
         x_norm = self.norm1(x)
@@ -352,54 +372,174 @@ class PatchEmbed(nn.Module):
         return self.proj(x)  # (B, C, H/4, W/4), video (B, C, T/2, H/4, W/4)
 
 
-def global_pool(x: Tensor, pool_type: str) -> Tensor:
-    """(B, N, C) tokens -> (B, C) by ``pool_type`` ("avg", "max", "avgmax"); "" keeps the tokens."""
-    if pool_type == "avg":
-        return x.mean(dim=1)
-    if pool_type == "max":
-        return x.amax(dim=1)
-    if pool_type == "avgmax":
-        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))
-    return x
+# ---------------------------------------------------------------------------------------------------------------
+# The trunk Hiera and HieraDet (SAM 2, models/hieradet.py) share
+# ---------------------------------------------------------------------------------------------------------------
+class HieraTrunk(Backbone):
+    """Patch embedding -> stages of pre-norm blocks with query pooling -> pooled, normed classifier head.
 
+    What every Hiera shares lives here: the stage builder (width and heads multiply and the queries pool at the
+    first block of a stage; the attention choice lags the stage boundary by one block), the block runner (with
+    activation checkpointing), timm's ``prune_intermediate_layers`` / ``get_classifier`` / ``reset_classifier``, the
+    head and the official checkpoint names (:func:`official_hiera_key`). A subclass gives the block
+    (:meth:`_make_block`: the attention), the embedding with its position embedding, and the layout of its tokens:
+    Hiera keeps (B, N, C) tokens in mask-unit order, HieraDet channels-last maps (B, H, W, C).
+    """
 
-class Head(nn.Module):
-    """Pool over tokens -> LayerNorm -> dropout -> Linear. Returns logits in train and eval mode."""
+    classifier_prefixes = ("head.fc.",)
+    embed_prefixes = ("patch_embed.", "pos_embed")  # layer id 0 (layer-wise LR decay)
+    default_out_indices = 4  # features_only: the last 4 stages, i.e. all of them
+    #: the axes the head pools: token axis 1 for (B, N, C) tokens, (1, 2) for channels-last maps
+    head_pool_dim: int | tuple[int, ...] = 1
 
-    def __init__(self, dim: int, num_classes: int, cfg: HieraConfig) -> None:
+    def __init__(self, config: HieraTrunkConfig) -> None:
         super().__init__()
-        self.pool_type = cfg.global_pool
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        config.validate()
+        self.config = config
+        self.num_classes = config.num_classes
+        self._make_embeddings()
+        self._build_stages()
+        self._make_head()
+        self._init_weights()
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, N, C) -> (B, classes)
-        x = self.drop(self.norm(global_pool(x, self.pool_type)))
-        return x if pre_logits else self.fc(x)
+    def _make_embeddings(self) -> None:
+        """``patch_embed`` and the position embedding(s)."""
+        raise NotImplementedError
+
+    def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
+                    drop_path: float) -> nn.Module:
+        """Block ``i``; ``stage`` is the stage of the block before it (the attention switch lags one block)."""
+        raise NotImplementedError
+
+    def _init_weights(self) -> None:
+        raise NotImplementedError
+
+    def _build_stages(self) -> None:
+        """``blocks``, ``pool_blocks`` (the blocks that pool queries and residual), ``feature_info`` (one entry per
+        stage end) and ``num_features`` from the config."""
+        cfg = self.config
+        depth, ends = sum(cfg.depths), cfg.stage_ends
+        self.pool_blocks = [e + 1 for e in ends[: cfg.q_pool]]
+        rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()  # linear stochastic depth
+        dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
+        self.blocks = nn.ModuleList()
+        self.feature_info: list[dict] = []
+        for i in range(depth):
+            prev_stage, dim_out = stage, dim
+            if i - 1 in ends:
+                dim_out, heads, stage = int(dim * cfg.dim_mul), int(heads * cfg.head_mul), stage + 1
+            self.blocks.append(self._make_block(i, prev_stage, dim, dim_out, heads, i in self.pool_blocks, rates[i]))
+            if i in ends:
+                reduction = cfg.patch_stride * cfg.q_stride ** min(stage, cfg.q_pool)
+                self.feature_info.append(dict(num_chs=dim_out, reduction=reduction, module=f"blocks.{i}"))
+            dim = dim_out
+        self.num_features = self.head_hidden_size = dim
+
+    def _make_head(self) -> None:
+        cfg = self.config
+        self.head = NormClassifierHead(self.num_features, cfg.num_classes, cfg.global_pool, cfg.drop_rate,
+                                       cfg.norm_eps, pool_dim=self.head_pool_dim)
+
+    def _pools_by(self, block: int) -> int:
+        """Poolings done by the end of ``block``."""
+        return sum(1 for p in self.pool_blocks if p <= block)
+
+    def _run_blocks(self, x: Tensor, take: Sequence[int] = (), last: int | None = None) -> tuple[Tensor, list[Tensor]]:
+        """Run blocks 0..``last`` (default: all) -> (the output of ``last``, the outputs of the blocks in ``take``,
+        in block order)."""
+        last = len(self.blocks) - 1 if last is None else last
+        outs = []
+        for i, block in enumerate(self.blocks[: last + 1]):
+            x = self.run_block(block, x)
+            if i in take:
+                outs.append(x)
+        return x, outs
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def _taps(self, coarse: bool) -> list[int]:
+        """The blocks ``indices`` count over: stage ends (coarse, timm's default) or every block."""
+        return list(self.config.stage_ends) if coarse else list(range(len(self.blocks)))
+
+    def _intermediate_blocks(self, indices: int | Sequence[int] | None, stop_early: bool,
+                             coarse: bool) -> tuple[list[int], int]:
+        """timm's index meaning for forward_intermediates -> (blocks whose outputs are taken, the last block run)."""
+        taps = self._taps(coarse)
+        take, last = feature_take_indices(len(taps), indices)
+        return [taps[i] for i in take], min(taps[last] if stop_early else len(self.blocks) - 1, len(self.blocks) - 1)
+
+    def _check_intermediate_args(self, norm: bool, output_fmt: str, fmts: Sequence[str]) -> bool:
+        """One-line ValueErrors for forward_intermediates' ``norm`` (refused, as timm: the trunk has no norm over
+        its maps, the head's norm comes after pooling) and ``output_fmt``; returns whether it is channels-last."""
+        if norm:
+            raise ValueError(f"{type(self).__name__} has no norm over its feature maps; pass norm=False")
+        if output_fmt not in fmts:
+            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, fmts))}, got {output_fmt!r}")
+        return output_fmt in ("NHWC", "NTHWC")
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True, coarse: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last level in ``indices`` (meaning as in forward_intermediates). If blocks were
+        dropped, ``num_features`` becomes the last kept width. With ``prune_head`` or dropped blocks the head keeps
+        only its pooling: norm and classifier become identities (as timm). Returns the absolute indices taken.
+        (``prune_norm``: the only final norm is the head's, so it has no separate effect.)"""
+        taps = self._taps(coarse)
+        take, last = feature_take_indices(len(taps), indices)
+        last_block = taps[last]
+        prune_end = last_block < len(self.blocks) - 1
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.blocks[last_block].dim_out
+        self.blocks = self.blocks[: last_block + 1]
+        if prune_head or prune_end:
+            self.reset_classifier(0, reset_other=True)
+        return take
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """New classifier for ``num_classes`` (0: identity, the head returns pooled, normed features).
+        ``global_pool`` changes the pooling ('' keeps every position); ``reset_other`` also drops the head's norm."""
+        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features)
+        ref = self.patch_embed.proj.weight
+        self.head.fc.to(ref.device, ref.dtype)
+        if global_pool is not None:
+            self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        self.head_hidden_size = self.head.num_features
+
+    def no_weight_decay(self) -> set[str]:
+        return set(self.pos_embed_names)
+
+
+def official_hiera_key(k: str) -> str:
+    """An official hiera-transformer classifier key -> ours (timm's): ``head.projection.`` -> ``head.fc.``, the
+    final ``norm.`` -> ``head.norm.``; other keys unchanged."""
+    if k.startswith("head.projection."):
+        return "head.fc." + k.removeprefix("head.projection.")
+    if k.startswith("norm."):
+        return "head." + k
+    return k
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------
-class Hiera(Backbone):
+class Hiera(HieraTrunk):
     """Hiera classifier. ``forward_tokens`` is the encoder shared with the MAE model (bettervit.pretrain.mae).
 
     Attributes as timm's Hiera: ``num_classes``, ``num_features`` (width of the last kept block),
     ``head_hidden_size``, ``feature_info`` (one dict per stage: num_chs, reduction, module).
     """
 
-    classifier_prefixes = ("head.fc.",)
-    embed_prefixes = ("patch_embed.", "pos_embed")  # layer id 0 (layer-wise LR decay)
-    default_out_indices = 4  # features_only: the last 4 stages, i.e. all of them
     # the unroll / mask-unit reshapes give torch.export's symbolic shapes nested floor divisions it does not finish
     # simplifying: export one size per graph
     export_dynamic_hw = False
 
-    def __init__(self, config: HieraConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = cfg = config
-        self.num_classes = cfg.num_classes
+    def _make_embeddings(self) -> None:
+        cfg = self.config
         self.patch_embed = PatchEmbed(cfg)
         h, w = cfg.token_grid
         if cfg.is_video:  # separable, as the official video models: spatial (raster h, w) + temporal (t)
@@ -407,40 +547,18 @@ class Hiera(Backbone):
             self.pos_embed_temporal = nn.Parameter(torch.zeros(1, cfg.frames_t, cfg.embed_dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))  # raster order, build-size grid
-        self._pos_cache: dict = {}  # run-time grid -> resampled position embedding (see pos_embed_for)
+        self._pos_cache = ResampledPosEmbedCache()  # run-time grid -> resampled position embedding
 
-        depth, ends = sum(cfg.stages), cfg.stage_ends
-        self.pool_blocks = [e + 1 for e in ends[: cfg.q_pool]]  # blocks that pool queries and residual
-        rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()  # linear stochastic depth
-        dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
-        window = cfg.mask_unit_size**2  # tokens per mask unit, flattened
-        q_stride = cfg.q_stride**2
-        self.blocks = nn.ModuleList()
-        self.feature_info = []
-        for i in range(depth):
-            dim_out = dim
-            unit_attn = cfg.mask_unit_attn[stage]  # read before the stage advances: the switch lags one block
-            if i - 1 in ends:
-                dim_out, heads, stage = int(dim * cfg.dim_mul), int(heads * cfg.head_mul), stage + 1
-                if i in self.pool_blocks:
-                    window //= q_stride
-            self.blocks.append(
-                HieraBlock(
-                    dim, dim_out, heads, mlp_ratio=cfg.mlp_ratio, drop_path=rates[i],
-                    q_stride=q_stride if i in self.pool_blocks else 1, window_size=window, unit_attn=unit_attn,
-                    eps=cfg.norm_eps,
-                )
-            )
-            if i in ends:
-                reduction = cfg.patch_stride * cfg.q_stride ** min(stage, cfg.q_pool)
-                self.feature_info.append(dict(num_chs=dim_out, reduction=reduction, module=f"blocks.{i}"))
-            dim = dim_out
-        self.num_features = self.head_hidden_size = dim
-        self._make_head()
-        self._init_weights()
-
-    def _make_head(self) -> None:
-        self.head = Head(self.num_features, self.config.num_classes, self.config)
+    def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
+                    drop_path: float) -> nn.Module:
+        """Mask-unit attention in the stages flagged by ``mask_unit_attn`` (units of ``mask_unit_size``^2 tokens,
+        shrunk by every pooling so far), global attention after."""
+        cfg = self.config
+        q_stride = cfg.q_stride**2  # flattened 2x2
+        window = cfg.mask_unit_size**2 // q_stride ** self._pools_by(i)  # tokens per mask unit after pooling
+        return HieraBlock(dim, dim_out, heads, mlp_ratio=cfg.mlp_ratio, drop_path=drop_path,
+                          q_stride=q_stride if pool else 1, window_size=window, unit_attn=cfg.mask_unit_attn[stage],
+                          eps=cfg.norm_eps)
 
     def _init_weights(self) -> None:
         for name in self.pos_embed_names:
@@ -450,7 +568,7 @@ class Hiera(Backbone):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if isinstance(getattr(self, "head", None), Head) and isinstance(self.head.fc, nn.Linear):
+        if isinstance(getattr(self, "head", None), NormClassifierHead) and isinstance(self.head.fc, nn.Linear):
             self.head.fc.weight.data.mul_(self.config.head_init_scale)
 
     # --- position embedding at the input's grid -----------------------------------------------------------------
@@ -461,22 +579,13 @@ class Hiera(Backbone):
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The (1, h*w, C) raster position embedding for a token grid: the stored one at the build size, else
-        resampled from it (bicubic, no antialias). Resampled tables are cached per grid for inference; with
-        autograd on (training) or while compiling / exporting they are recomputed so gradients and graphs see them.
-        The cache is a plain attribute (not in the state dict) checked against the parameter's version counter and
-        storage, so ``load_state_dict``, optimizer steps and ``.to()`` refresh it. Video: the spatial part."""
+        resampled from it (bicubic with antialias, timm's ``resample_abs_pos_embed``), cached per grid for inference
+        (see ResampledPosEmbedCache). Video: the spatial part."""
         base = self.config.token_grid
         pos = self.pos_embed_spatial if self.config.is_video else self.pos_embed
         if tuple(grid) == base:
             return pos
-        if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or _exporting():
-            return resample_abs_pos_embed(pos, grid, base)
-        key = (tuple(grid), pos.device, pos.dtype)
-        stamp = (_version(pos), pos.data_ptr())
-        hit = self._pos_cache.get(key)
-        if hit is None or hit[0] != stamp:
-            hit = self._pos_cache[key] = (stamp, resample_abs_pos_embed(pos.detach(), grid, base))
-        return hit[1]
+        return self._pos_cache.get_or_resample(pos, grid, lambda p: resample_abs_pos_embed(p, grid, base))
 
     def pos_embed_temporal_for(self, t: int) -> Tensor:
         """Video: the (1, t, C) temporal position embedding for ``t`` temporal tokens: the stored one at the build
@@ -492,11 +601,6 @@ class Hiera(Backbone):
         return super()._apply(fn, recurse)
 
     # --- encoder ------------------------------------------------------------------------------------------------
-    def _run(self, block: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
-
     def _check(self, x: Tensor, fixed: tuple[int, ...] | None = None) -> None:
         """One-line ValueError for an input this model cannot take; ``fixed``: the only (T,) H, W it runs at."""
         cfg = self.config
@@ -504,7 +608,7 @@ class Hiera(Backbone):
             if x.ndim == 5:
                 raise ValueError(f"{type(self).__name__} is an image model: expected (B, C, H, W), got a 5-D batch "
                                  f"{tuple(x.shape)} (video models, e.g. hiera_base_16x224, take (B, C, T, H, W))")
-            self.check_input(x, cfg.multiple, fixed=fixed)
+            self.check_input(x, cfg.input_multiple, fixed=fixed)
             return
         if x.ndim != 5:
             raise ValueError(f"{type(self).__name__} is a video model: expected a 5-D clip batch (B, C, T, H, W), "
@@ -514,11 +618,11 @@ class Hiera(Backbone):
             raise ValueError(f"{type(self).__name__}: the frame count must be a positive multiple of {st}, got {T}")
         if fixed is not None and T != fixed[0]:
             raise ValueError(f"{type(self).__name__} was built for {fixed[0]} frames, got {T}")
-        self.check_input(x[:, :, 0], cfg.multiple, fixed=None if fixed is None else fixed[1:])
+        self.check_input(x[:, :, 0], cfg.input_multiple, fixed=None if fixed is None else fixed[1:])
 
     def num_units_of(self, x: Tensor) -> int:
         """Mask units of an input: (H/32) * (W/32), times T/2 for video; raster (t,) u, v."""
-        m = self.config.multiple
+        m = self.config.input_multiple
         units = (x.shape[-2] // m) * (x.shape[-1] // m)
         return units * (x.shape[2] // self.config.patch_stride_t) if self.config.is_video else units
 
@@ -559,16 +663,12 @@ class Hiera(Backbone):
         """(B, units) bool unit mask -> (B, 1, [T,] H, W) bool pixel mask for an input of spatial (and temporal)
         ``size``: each unit covers multiple x multiple pixels (and patch_stride_t frames for video)."""
         cfg = self.config
-        spans = ((cfg.patch_stride_t,) if len(size) == 3 else ()) + (cfg.multiple, cfg.multiple)
+        spans = ((cfg.patch_stride_t,) if len(size) == 3 else ()) + (cfg.input_multiple, cfg.input_multiple)
         shape, expand = [visible.shape[0], 1], [-1, -1]
         for side, span in zip(size, spans):  # (units along this axis, 1) expanded to (units, span)
             shape += [side // span, 1]
             expand += [-1, span]
         return visible.view(shape).expand(expand).reshape(visible.shape[0], 1, *size)
-
-    def _pools_by(self, block: int) -> int:
-        """Poolings done by the end of ``block``."""
-        return sum(1 for p in self.pool_blocks if p <= block)
 
     def _levels_after(self, stage: int) -> int:
         """Unpooled levels left in the token order at the end of ``stage``."""
@@ -581,12 +681,7 @@ class Hiera(Backbone):
         outputs of the blocks in ``take``, in block order)."""
         self._check(x)
         x, grid = self.embed(x, visible)
-        last = len(self.blocks) - 1 if last is None else last
-        outs = []
-        for i, block in enumerate(self.blocks[: last + 1]):
-            x = self._run(block, x)
-            if i in take:
-                outs.append(x)
+        x, outs = self._run_blocks(x, take, last)
         return x, grid, outs
 
     def forward_tokens(
@@ -636,13 +731,6 @@ class Hiera(Backbone):
         x, _, _ = self._encode(x, mask)
         return self._to_timm_order(x, len(self.blocks) - 1)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def _taps(self, coarse: bool) -> list[int]:
-        """The blocks ``indices`` count over: stage ends (coarse, timm's default) or every block."""
-        return list(self.config.stage_ends) if coarse else list(range(len(self.blocks)))
-
     def forward_intermediates(
         self,
         x: Tensor,
@@ -672,22 +760,15 @@ class Hiera(Backbone):
         """
         video = self.config.is_video
         fmts = ("NCHW", "NHWC", "NCTHW", "NTHWC") if video else ("NCHW", "NHWC")
-        if norm:
-            raise ValueError("Hiera has no norm for intermediate features; pass norm=False")
-        if output_fmt not in fmts:
-            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, fmts))}, got {output_fmt!r}")
-        channels_last = output_fmt in ("NHWC", "NTHWC")
+        channels_last = self._check_intermediate_args(norm, output_fmt, fmts)
         if mask is not None:
             self._check_mask(mask, x)
             if not channels_last:
                 raise ValueError("with a mask the maps are per mask unit (B, units, m, m, C): pass output_fmt='NHWC'")
-        taps = self._taps(coarse)
-        take, last = feature_take_indices(len(taps), indices)
-        take_blocks = [taps[i] for i in take]
-        last_block = taps[last] if stop_early else len(self.blocks) - 1
+        take_blocks, last_block = self._intermediate_blocks(indices, stop_early, coarse)
         x, grid, outs = self._encode(x, mask, take_blocks, last_block)
         units = None if mask is None else int(mask[0].sum())
-        blocks = [i for i in range(min(last_block, len(self.blocks) - 1) + 1) if i in take_blocks]
+        blocks = [i for i in range(last_block + 1) if i in take_blocks]
         maps = []
         for block, t in zip(blocks, outs):
             m = self._to_map(t, block, grid, units)
@@ -696,51 +777,9 @@ class Hiera(Backbone):
             maps.append(m)
         if intermediates_only:
             return maps
-        return self._to_timm_order(x, min(last_block, len(self.blocks) - 1)), maps
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True, coarse: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last level in ``indices`` (meaning as in forward_intermediates). If blocks were
-        dropped, ``num_features`` becomes the last kept width. With ``prune_head`` or dropped blocks the head keeps
-        only its pooling: norm and classifier become identities (as timm). Returns the absolute indices taken.
-        (``prune_norm``: Hiera's only final norm is the head's, so it has no separate effect.)"""
-        taps = self._taps(coarse)
-        take, last = feature_take_indices(len(taps), indices)
-        last_block = taps[last]
-        prune_end = last_block < len(self.blocks) - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.blocks[last_block].dim_out
-        self.blocks = self.blocks[: last_block + 1]
-        if prune_head or prune_end:
-            self.reset_classifier(0, reset_other=True)
-        return take
-
-    # --- classifier -------------------------------------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
-        """New classifier for ``num_classes`` (0: identity, the head returns pooled, normed features).
-        ``global_pool`` changes the pooling ('' keeps every token); ``reset_other`` also drops the head's norm."""
-        if global_pool is not None:
-            if global_pool not in POOL_TYPES:
-                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
-            self.head.pool_type = self.config.global_pool = global_pool
-        if reset_other:
-            self.head.norm = nn.Identity()
-        self.num_classes = self.config.num_classes = num_classes
-        ref = self.patch_embed.proj.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0 else nn.Identity()
-        )
-        self.head.fc.train(self.training)
+        return self._to_timm_order(x, last_block), maps
 
     # --- training helpers ---------------------------------------------------------------------------------------
-    def no_weight_decay(self) -> set[str]:
-        return set(self.pos_embed_names)
-
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups as timm's (stem = position and patch embedding, then one group per block)."""
         return dict(stem=r"^pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
@@ -750,84 +789,69 @@ class Hiera(Backbone):
         return convert_checkpoint(state_dict, self)
 
 
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting())
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor has no version counter
-        return -1
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Variants (timm names; default weights: timm's copies of the official MAE-pretrained, IN-1k fine-tuned models)
 # ---------------------------------------------------------------------------------------------------------------
 SIZES: dict[str, dict] = {
-    "tiny": dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2)),
-    "small": dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2)),
-    "base": dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3)),
-    "base_plus": dict(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3)),
-    "large": dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4)),
-    "huge": dict(embed_dim=256, num_heads=4, stages=(2, 6, 36, 4)),
+    "tiny": dict(embed_dim=96, num_heads=1, depths=(1, 2, 7, 2)),
+    "small": dict(embed_dim=96, num_heads=1, depths=(1, 2, 11, 2)),
+    "base": dict(embed_dim=96, num_heads=1, depths=(2, 3, 16, 3)),
+    "base_plus": dict(embed_dim=112, num_heads=2, depths=(2, 3, 16, 3)),
+    "large": dict(embed_dim=144, num_heads=2, depths=(2, 6, 36, 4)),
+    "huge": dict(embed_dim=256, num_heads=4, depths=(2, 6, 36, 4)),
 }
 
 
-def _register(size: str) -> None:
-    name = f"hiera_{size}_224"
-
-    def variant() -> HieraConfig:
-        return HieraConfig(**SIZES[size])
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"Hiera-{size} at 224x224 (MAE IN-1k pretrained, IN-1k fine-tuned weights)."
-    register_model(Hiera, weights=f"timm/{name}.mae_in1k_ft_in1k", family="hiera")(variant)
-
-
-for _size in SIZES:
-    _register(_size)
+#: image classifiers: name -> size (default weights timm/<name>.mae_in1k_ft_in1k)
+IMAGE_VARIANTS: dict[str, str] = {
+    "hiera_tiny_224": "tiny",
+    "hiera_small_224": "small",
+    "hiera_base_224": "base",
+    "hiera_base_plus_224": "base_plus",
+    "hiera_large_224": "large",
+    "hiera_huge_224": "huge",
+}
+for _name, _size in IMAGE_VARIANTS.items():
+    register_variant(Hiera, _name, functools.partial(HieraConfig, **SIZES[_size]),
+                     f"Hiera-{_size} at 224x224 (MAE IN-1k pretrained, IN-1k fine-tuned weights).",
+                     weights=f"timm/{_name}.mae_in1k_ft_in1k", family="hiera")
 
 
 @register_model(Hiera, family="hiera")
 def hiera_nano() -> HieraConfig:
     """A small extra variant for quick experiments, demos and tests (not a released model): 64 px, widths
     32-64-128-256, depths 1-1-2-1. Tokens 16x16 -> 2x2, mask units 2x2."""
-    return HieraConfig(embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64)
+    return HieraConfig(embed_dim=32, num_heads=1, depths=(1, 1, 2, 1), img_size=64)
 
 
 @register_model(Hiera, family="hiera")
 def hiera_nano_video() -> HieraConfig:
     """hiera_nano for clips, for quick experiments, demos and tests (not a released model): 8 frames of 64 px ->
     4 x 16 x 16 tokens, 4 x 2 x 2 mask units."""
-    return HieraConfig(embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, num_frames=8)
+    return HieraConfig(embed_dim=32, num_heads=1, depths=(1, 1, 2, 1), img_size=64, num_frames=8)
 
 
 # Video variants: the official Kinetics-400 models (Ryali et al., sec. 4 / table 3; facebookresearch/hiera
 # ``hiera_*_16x224``): 16 frames at 224 px, 400 classes. Their weights are not on the Hugging Face hub; the official
 # files (dl.fbaipublicfiles.com) load as they are (pretrained=PATH). Normalisation: the official code uses the
 # ImageNet mean / std for Kinetics too.
-VIDEO_SIZES = ("base", "base_plus", "large", "huge")
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/hiera/{name}.pth"
-
-
-def _register_video(size: str) -> None:
-    name = f"hiera_{size}_16x224"
-
-    def variant() -> HieraConfig:
-        return HieraConfig(**SIZES[size], num_frames=16, num_classes=400)
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"Hiera-{size} for video, 16 frames at 224x224 (MAE K400 pretrained, K400 fine-tuned weights)."
-    cfg = dict(url=OFFICIAL_URL.format(name=name), tag="mae_k400_ft_k400", num_classes=400,
-               input_size=[3, 16, 224, 224], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-               license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
-    register_model(Hiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
-
-
-for _size in VIDEO_SIZES:
-    _register_video(_size)
+#: video classifiers: name -> size
+VIDEO_VARIANTS: dict[str, str] = {
+    "hiera_base_16x224": "base",
+    "hiera_base_plus_16x224": "base_plus",
+    "hiera_large_16x224": "large",
+    "hiera_huge_16x224": "huge",
+}
+for _name, _size in VIDEO_VARIANTS.items():
+    register_variant(
+        Hiera, _name, functools.partial(HieraConfig, **SIZES[_size], num_frames=16, num_classes=400),
+        f"Hiera-{_size} for video, 16 frames at 224x224 (MAE K400 pretrained, K400 fine-tuned weights).",
+        family="hiera",
+        pretrained_cfg=dict(url=OFFICIAL_URL.format(name=_name), tag="mae_k400_ft_k400", num_classes=400,
+                            input_size=[3, 16, 224, 224], mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                            license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989"),
+    )
 
 
 def resample_temporal(pos: Tensor, t: int) -> Tensor:
@@ -857,20 +881,16 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: Hiera) -> dict[str,
     for k, v in state_dict.items():
         if k.startswith(_MAE_ONLY):
             continue
-        if k.startswith("head.projection."):
-            k = "head.fc." + k.removeprefix("head.projection.")
-        elif k.startswith("norm."):
-            k = "head." + k
-        elif k.startswith("encoder_norm.") and is_mae:
+        if k.startswith("encoder_norm.") and is_mae:
             k = "head.norm." + k.removeprefix("encoder_norm.")
-        out[k] = v
+        out[official_hiera_key(k)] = v
     resize_pos_embeds(out, model.config)
     return out
 
 
 def resize_pos_embeds(state_dict: dict[str, Tensor], cfg: HieraConfig) -> None:
-    """In place: a checkpoint's encoder position tables resized to ``cfg``'s grid (the spatial one bicubic from its
-    square grid, the temporal one linearly)."""
+    """In place: a checkpoint's encoder position tables resized to ``cfg``'s grid (the spatial one bicubic with antialias from
+    its square grid, as at run time, the temporal one linearly)."""
     for k in ("pos_embed", "pos_embed_spatial"):
         if k in state_dict and state_dict[k].shape[1] != math.prod(cfg.token_grid):
             state_dict[k] = resample_abs_pos_embed(state_dict[k], cfg.token_grid)  # from a square grid

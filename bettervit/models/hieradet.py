@@ -22,7 +22,7 @@ no parameter depends on the input size. Parameter names equal timm's ``sam2_hier
 checkpoints are mapped on load (see the key map at the end).
 
 The file reads top to bottom: config -> windows and pooling -> attention and block -> position embedding, patch
-embedding, head -> model -> variants -> checkpoint key map.
+embedding -> model (on the trunk of models/hiera.py: stages, block runner, head) -> variants -> checkpoint key map.
 """
 from __future__ import annotations
 
@@ -33,43 +33,23 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
+from ..layers import DropPath
 from ..registry import register_model
-from .base import Backbone, feature_take_indices
+from .base import img_size_hw
+from .hiera import HieraTrunk, HieraTrunkConfig, StageBlock, official_hiera_key
 
 
 @dataclass
-class HieraDetConfig:
-    embed_dim: int = 96  # width of stage 1; multiplied by dim_mul at each stage
-    num_heads: int = 1  # heads of stage 1; multiplied by head_mul at each stage
-    stages: tuple[int, ...] = (2, 3, 16, 3)  # blocks per stage
+class HieraDetConfig(HieraTrunkConfig):
+    """Hiera's trunk fields (see HieraTrunkConfig) plus the windows and the windowed position embedding."""
+
     window_spec: tuple[int, ...] = (8, 4, 14, 7)  # attention window (tokens per side) per stage
     global_att_blocks: tuple[int, ...] = (12, 16, 20)  # blocks with global attention
     global_pos_size: tuple[int, int] = (7, 7)  # background position embedding grid
-    q_pool: int = 3  # number of stage transitions that pool
-    q_stride: int = 2  # pooling stride per axis
-    dim_mul: float = 2.0
-    head_mul: float = 2.0
-    patch_kernel: int = 7
-    patch_stride: int = 4
-    patch_padding: int = 3
-    mlp_ratio: float = 4.0
     init_values: float | None = None  # LayerScale init (None: no LayerScale, as in SAM 2)
-    norm_eps: float = 1e-6
-    head_init_scale: float = 0.001
-    # timm's common options
     img_size: int | tuple[int, int] = 1024  # the default input size (pretrained_cfg); any multiple of 32 runs
-    in_chans: int = 3
     num_classes: int = 0  # SAM 2's encoder has no classifier: 0 gives the pooled, normed features
-    global_pool: str = "avg"  # '', 'avg', 'max', 'avgmax' over the final map (in the head)
-    drop_rate: float = 0.0  # dropout before the classifier
-    drop_path_rate: float = 0.0  # stochastic depth, rising linearly over the blocks
-
-    @property
-    def stage_ends(self) -> list[int]:
-        return [sum(self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
 
     @property
     def input_multiple(self) -> int:
@@ -77,18 +57,12 @@ class HieraDetConfig:
         steps of ``window_spec[0]``, and each pooling needs an even grid."""
         return self.patch_stride * math.lcm(self.window_spec[0], self.q_stride**self.q_pool)
 
-    def img_hw(self) -> tuple[int, int]:
-        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
-
     def validate(self) -> None:
-        if len(self.window_spec) != len(self.stages):
-            raise ValueError(f"window_spec needs one size per stage ({len(self.stages)}), got {self.window_spec}")
-        if not 0 <= self.q_pool < len(self.stages):
-            raise ValueError(f"q_pool must be in [0, {len(self.stages) - 1}], got {self.q_pool}")
-        if self.global_pool not in ("", "avg", "max", "avgmax"):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'max', 'avgmax', got {self.global_pool!r}")
+        self.validate_trunk()
+        if len(self.window_spec) != len(self.depths):
+            raise ValueError(f"window_spec needs one size per stage ({len(self.depths)}), got {self.window_spec}")
         m = self.input_multiple
-        if any(s <= 0 or s % m for s in self.img_hw()):
+        if any(s <= 0 or s % m for s in img_size_hw(self.img_size)):
             raise ValueError(f"HieraDet img_size must be positive multiples of {m}, got {self.img_size}")
 
 
@@ -169,7 +143,7 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class MultiScaleBlock(nn.Module):
+class MultiScaleBlock(StageBlock):
     """Pre-norm transformer block on a channels-last map, window or global attention.
 
     At a stage's first block the width changes (``proj`` maps the normed input to ``dim_out``) and, with
@@ -190,15 +164,10 @@ class MultiScaleBlock(nn.Module):
         init_values: float | None = None,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        self.dim, self.dim_out, self.window_size, self.q_stride = dim, dim_out, window_size, q_stride
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
-        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride)
+        super().__init__(dim, dim_out, MultiScaleAttention(dim, dim_out, num_heads, q_stride), mlp_ratio, eps)
+        self.window_size, self.q_stride = window_size, q_stride
         self.ls1 = LayerScale(dim_out, init_values) if init_values is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim_out, eps=eps)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), F.gelu)
         self.ls2 = LayerScale(dim_out, init_values) if init_values is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -224,7 +193,7 @@ class MultiScaleBlock(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Position embedding, patch embedding, head
+# Position embedding, patch embedding
 # ---------------------------------------------------------------------------------------------------------------
 def windowed_pos_embed(background: Tensor, window: Tensor, hw: tuple[int, int]) -> Tensor:
     """Windowed absolute position embedding for an (h, w) token grid -> (1, h, w, C).
@@ -250,98 +219,38 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class Head(nn.Module):
-    """Global pool over the map -> LayerNorm -> dropout -> Linear (timm's ``ClNormMlpClassifierHead`` without the
-    hidden layer). ``global_pool=''`` keeps the map: (B, H, W, C) in, (B, H, W, classes) out."""
-
-    def __init__(self, dim: int, num_classes: int, pool_type: str, drop_rate: float, eps: float) -> None:
-        super().__init__()
-        self.in_features = self.num_features = dim
-        self.pool_type = pool_type
-        self.norm: nn.Module = nn.LayerNorm(dim, eps=eps)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int, pool_type: str | None = None, reset_other: bool = False,
-              in_features: int | None = None) -> None:
-        """New classifier; ``reset_other`` also removes the norm (then ``in_features`` may change)."""
-        if pool_type is not None:
-            if pool_type not in ("", "avg", "max", "avgmax"):
-                raise ValueError(f"global_pool must be one of '', 'avg', 'max', 'avgmax', got {pool_type!r}")
-            self.pool_type = pool_type
-        if reset_other:
-            self.norm = nn.Identity()
-        if in_features is not None and in_features != self.in_features:
-            if not isinstance(self.norm, nn.Identity):
-                raise ValueError("the head's input width can only change once its norm is removed (reset_other)")
-            self.in_features = self.num_features = in_features
-        ref = next(self.parameters(), None)
-        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.fc = fc.to(ref.device, ref.dtype) if ref is not None else fc
-        self.fc.train(self.training)
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.pool_type == "avg":
-            x = x.mean(dim=(1, 2))
-        elif self.pool_type == "max":
-            x = x.amax(dim=(1, 2))
-        elif self.pool_type == "avgmax":
-            x = 0.5 * (x.amax(dim=(1, 2)) + x.mean(dim=(1, 2)))
-        x = self.drop(self.norm(x))
-        return x if pre_logits else self.fc(x)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------
-class HieraDet(Backbone):
-    """SAM 2's Hiera image encoder as a timm-style backbone.
+class HieraDet(HieraTrunk):
+    """SAM 2's Hiera image encoder as a timm-style backbone: Hiera's trunk (``HieraTrunk``: stages, query pooling,
+    block runner, head, pruning) with windowed attention (:class:`MultiScaleBlock`) on channels-last maps and the
+    windowed position embedding (:func:`windowed_pos_embed`).
 
     ``forward_features`` returns the last stage's map channels-last (B, H/32, W/32, C) as timm's; the four stage
     outputs (strides 4, 8, 16, 32: the inputs of SAM 2's FPN neck) come from ``forward_intermediates`` or
     ``create_model(..., features_only=True)``.
     """
 
-    classifier_prefixes = ("head.fc.",)
-    embed_prefixes = ("patch_embed.", "pos_embed")  # layer id 0 (layer-wise LR decay)
-    default_out_indices = 4  # timm: the last 4 stage outputs (all of them)
+    head_pool_dim = (1, 2)  # the head pools channels-last maps (B, H, W, C)
+    pos_embed_names = ("pos_embed", "pos_embed_window")
 
-    def __init__(self, config: HieraDetConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = cfg = config
-        self.num_classes = cfg.num_classes
+    def _make_embeddings(self) -> None:
+        cfg = self.config
         self.patch_embed = PatchEmbed(cfg)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.global_pos_size))  # background
         self.pos_embed_window = nn.Parameter(torch.zeros(1, cfg.embed_dim, cfg.window_spec[0], cfg.window_spec[0]))
 
-        depth, ends = sum(cfg.stages), cfg.stage_ends
-        pool_blocks = {e + 1 for e in ends[: cfg.q_pool]}
-        rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()  # stochastic depth, linear
-        dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
-        self.blocks = nn.ModuleList()
-        self.feature_info: list[dict] = []
-        for i in range(depth):
-            # the window is read before the stage advances: a stage's first block keeps the previous window
-            window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
-            if window and i in pool_blocks and window % cfg.q_stride:
-                raise ValueError(f"block {i} pools windows of {window} tokens: must be a multiple of {cfg.q_stride}")
-            dim_out = dim
-            if i - 1 in ends:
-                dim_out, heads, stage = int(dim * cfg.dim_mul), int(heads * cfg.head_mul), stage + 1
-            self.blocks.append(
-                MultiScaleBlock(
-                    dim, dim_out, heads, window_size=window, q_stride=cfg.q_stride if i in pool_blocks else None,
-                    mlp_ratio=cfg.mlp_ratio, drop_path=rates[i], init_values=cfg.init_values, eps=cfg.norm_eps,
-                )
-            )
-            dim = dim_out
-            if i in ends:
-                stride = cfg.patch_stride * cfg.q_stride ** min(stage, cfg.q_pool)
-                self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"blocks.{i}"))
-        self.num_features = self.head_hidden_size = dim
-        self.head = Head(dim, cfg.num_classes, cfg.global_pool, cfg.drop_rate, cfg.norm_eps)
-        self._init_weights()
+    def _make_block(self, i: int, stage: int, dim: int, dim_out: int, heads: int, pool: bool,
+                    drop_path: float) -> nn.Module:
+        """Windowed attention with the stage's ``window_spec`` window, global in ``global_att_blocks``."""
+        cfg = self.config
+        window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
+        if window and pool and window % cfg.q_stride:
+            raise ValueError(f"block {i} pools windows of {window} tokens: must be a multiple of {cfg.q_stride}")
+        return MultiScaleBlock(dim, dim_out, heads, window_size=window, q_stride=cfg.q_stride if pool else None,
+                               mlp_ratio=cfg.mlp_ratio, drop_path=drop_path, init_values=cfg.init_values,
+                               eps=cfg.norm_eps)
 
     def _init_weights(self) -> None:
         """As timm: truncated normal (std 0.02) for embeddings and linear weights, zero biases, each block's output
@@ -361,11 +270,6 @@ class HieraDet(Backbone):
                 self.head.fc.bias.mul_(self.config.head_init_scale)
 
     # --- encoder ------------------------------------------------------------------------------------------------
-    def _run(self, block: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
-
     def embed(self, x: Tensor) -> Tensor:
         """Images (B, C_in, H, W) -> tokens (B, H/4, W/4, C) with the windowed position embedding added."""
         self.check_input(x, self.config.input_multiple)
@@ -374,31 +278,11 @@ class HieraDet(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> the last block's map (B, H/32, W/32, C_last), channels-last."""
-        x = self.embed(x)
-        for blk in self.blocks:
-            x = self._run(blk, x)
-        return x
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def _take(self, indices: int | Sequence[int] | None, coarse: bool) -> tuple[list[int], int]:
-        """timm's index meaning: over the 4 stage ends (``coarse``) or over all blocks -> block indices."""
-        ends = self.config.stage_ends[: len(self.feature_info)]
-        if coarse:
-            take, last = feature_take_indices(len(ends), indices)
-            return [ends[i] for i in take], ends[last]
-        return feature_take_indices(len(self.blocks), indices)
+        return self._run_blocks(self.embed(x))[0]
 
     def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = True,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-        coarse: bool = True,
+        self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False, stop_early: bool = True,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, coarse: bool = True,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs (``coarse``, the default: 4 levels, strides 4-32) or block outputs, as timm's.
 
@@ -407,59 +291,13 @@ class HieraDet(Backbone):
         final map is that level's. ``norm`` is not supported (the encoder has no norm over its maps), as in timm.
         Returns ``(final NHWC map, [maps])``, or the maps only with ``intermediates_only``.
         """
-        if norm:
-            raise ValueError("HieraDet has no norm over its feature maps; use norm=False")
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, last = self._take(indices, coarse)
-        take_set = set(take)
-        x = self.embed(x)
-        outs = []
-        blocks = self.blocks[: last + 1] if stop_early else self.blocks
-        for i, blk in enumerate(blocks):
-            x = self._run(blk, x)
-            if i in take_set:
-                outs.append(x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x)
-        return outs if intermediates_only else (x, outs)
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True, coarse: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the deepest requested level (and the head, as timm); returns the level indices.
-
-        If blocks were dropped, the features end at that level, so the head (sized for the last stage) goes too.
-        ``prune_norm`` is accepted for the common signature: the head's norm goes with the head.
-        """
-        if coarse:
-            take, last = feature_take_indices(len(self.feature_info), indices)
-            num_chs, last_block = self.feature_info[last]["num_chs"], self.config.stage_ends[last]
-        else:
-            take, last_block = feature_take_indices(len(self.blocks), indices)
-            num_chs = self.blocks[last_block].dim_out
-        prune_end = last_block < len(self.blocks) - 1
-        self.blocks = self.blocks[: last_block + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = num_chs
-        if prune_head or prune_end:
-            self.reset_classifier(0, reset_other=True)
-        return take
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
-        """New classifier for ``num_classes`` (0: none, forward gives pooled features); ``global_pool`` '' keeps the
-        map; ``reset_other`` also removes the head's norm."""
-        self.num_classes = self.config.num_classes = num_classes
-        if global_pool is not None:
-            self.config.global_pool = global_pool
-        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features)
-        self.head_hidden_size = self.head.num_features
+        channels_last = self._check_intermediate_args(norm, output_fmt, ("NCHW", "NHWC"))
+        take, last = self._intermediate_blocks(indices, stop_early, coarse)
+        x, outs = self._run_blocks(self.embed(x), take, last)
+        maps = outs if channels_last else [o.permute(0, 3, 1, 2) for o in outs]
+        return maps if intermediates_only else (x, maps)
 
     # --- training helpers ---------------------------------------------------------------------------------------
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "pos_embed_window"}
-
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups: the stem (embeddings) and one group per block."""
         return dict(stem=r"^pos_embed|pos_embed_window|patch_embed", blocks=[(r"^blocks\.(\d+)", None)])
@@ -476,13 +314,13 @@ class HieraDet(Backbone):
 @register_model(HieraDet, weights="timm/sam2_hiera_tiny.fb_r896", family="hieradet")
 def sam2_hiera_tiny() -> HieraDetConfig:
     """SAM 2 Hiera-T image encoder (27M): stages 1-2-7-2, widths 96-768, global attention in blocks 5, 7, 9."""
-    return HieraDetConfig(stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9), img_size=896)
+    return HieraDetConfig(depths=(1, 2, 7, 2), global_att_blocks=(5, 7, 9), img_size=896)
 
 
 @register_model(HieraDet, weights="timm/sam2_hiera_small.fb_r896", family="hieradet")
 def sam2_hiera_small() -> HieraDetConfig:
     """SAM 2 Hiera-S image encoder (34M): stages 1-2-11-2, global attention in blocks 7, 10, 13."""
-    return HieraDetConfig(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13), img_size=896)
+    return HieraDetConfig(depths=(1, 2, 11, 2), global_att_blocks=(7, 10, 13), img_size=896)
 
 
 @register_model(HieraDet, weights="timm/sam2_hiera_base_plus.fb_r896", family="hieradet")
@@ -495,7 +333,7 @@ def sam2_hiera_base_plus() -> HieraDetConfig:
 def sam2_hiera_large() -> HieraDetConfig:
     """SAM 2 Hiera-L image encoder (212M): stages 2-6-36-4, widths 144-1152, windows 8-4-16-8."""
     return HieraDetConfig(
-        embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8),
+        embed_dim=144, num_heads=2, depths=(2, 6, 36, 4), global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8),
         img_size=1024,
     )
 
@@ -544,11 +382,7 @@ def convert_checkpoint(state_dict: dict[str, Tensor], model: HieraDet) -> dict[s
     out = {}
     for k, v in state_dict.items():
         k = k.replace(".mlp.layers.0.", ".mlp.fc1.").replace(".mlp.layers.1.", ".mlp.fc2.")
-        if k.startswith("head.projection."):  # official image Hiera's classifier and norm
-            k = "head.fc." + k.removeprefix("head.projection.")
-        elif k.startswith("norm."):
-            k = "head." + k
-        out[k] = v
+        out[official_hiera_key(k)] = v  # official image Hiera's classifier and norm
     pos = out.get("pos_embed")
     if pos is not None and pos.ndim == 3 and "pos_embed_window" not in out:  # an image Hiera's raster embedding
         side = math.isqrt(pos.shape[1])

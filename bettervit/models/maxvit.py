@@ -15,6 +15,7 @@ Input sizes: any H x W multiple of 32, with the partition (window = grid) the mo
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp
-from ..registry import register_model
-from .base import Backbone, feature_take_indices
+from ..layers import DropPath, Mlp, NormClassifierHead
+from ..registry import register_model, register_variant
+from .base import Backbone, feature_take_indices, img_size_hw
 
 
 @dataclass
@@ -50,14 +50,9 @@ class MaxViTConfig:
     ln_eps: float = 1e-5
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        s = self.img_size
-        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-    @property
     def partition(self) -> tuple[int, int]:
         """Window (block attention) = grid (grid attention) size, (ph, pw): img_size / 32 (7 x 7 at 224)."""
-        h, w = self.input_size
+        h, w = img_size_hw(self.img_size)
         return h // 32, w // 32
 
     @property
@@ -293,74 +288,6 @@ class Stem(nn.Module):
         return self.conv2(gelu_tanh(self.norm1(self.conv1(pad_same_s2(x)))))
 
 
-_POOLS = ("", "avg", "max", "avgmax")
-
-
-def global_pool_2d(x: Tensor, pool: str) -> Tensor:
-    """(B, C, H, W) -> (B, C) for "avg", "max", "avgmax" (mean of the two); "" leaves the map as it is."""
-    if pool == "avg":
-        return x.mean((2, 3))
-    if pool == "max":
-        return x.amax((2, 3))
-    if pool == "avgmax":
-        return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
-    return x
-
-
-class Head(nn.Module):
-    """Global pool -> LayerNorm -> Linear + tanh (pre-logits) -> dropout -> Linear.
-
-    With ``pool=""`` nothing is pooled: norm, pre-logits and classifier act on every pixel (a 1x1-conv head) and the
-    output stays a (B, classes, H, W) map. ``reset(..., reset_other=True)`` drops the norm and the pre-logits, which
-    is what pruning to intermediate features leaves (the head then only pools and classifies).
-    """
-
-    def __init__(self, dim: int, hidden: int | None, num_classes: int, pool: str, drop_rate: float, eps: float) -> None:
-        super().__init__()
-        _check_pool(pool)
-        self.pool = pool
-        self.in_features = dim
-        self.norm: nn.Module = nn.LayerNorm(dim, eps=eps)
-        self.pre_logits: nn.Module = nn.Sequential()
-        if hidden:
-            self.pre_logits.add_module("fc", nn.Linear(dim, hidden))
-            self.pre_logits.add_module("act", nn.Tanh())
-        self.num_features = hidden or dim  # width of the pre-logits
-        self.drop = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int, pool: str | None = None, reset_other: bool = False,
-              in_features: int | None = None) -> None:
-        if pool is not None:
-            _check_pool(pool)
-            self.pool = pool
-        if reset_other:
-            self.norm = nn.Identity()
-            self.pre_logits = nn.Sequential()
-            self.num_features = self.in_features
-        if in_features is not None and in_features != self.in_features:
-            if not isinstance(self.norm, nn.Identity):
-                raise ValueError("the head's input width can change only with its norm removed (reset_other=True)")
-            self.in_features = in_features
-            if len(self.pre_logits) == 0:
-                self.num_features = in_features
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, C, H, W) -> (B, classes) [or map]
-        x = global_pool_2d(x, self.pool)
-        if not self.pool:
-            x = x.permute(0, 2, 3, 1)  # (B, H, W, C): the head acts per pixel
-        x = self.drop(self.pre_logits(self.norm(x)))
-        if not pre_logits:
-            x = self.fc(x)
-        return x if self.pool else x.permute(0, 3, 1, 2)  # (B, classes, H, W) when not pooled
-
-
-def _check_pool(pool: str) -> None:
-    if pool not in _POOLS:
-        raise ValueError(f"global_pool must be one of {', '.join(repr(p) for p in _POOLS)}, got {pool!r}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,7 +306,7 @@ class MaxViT(Backbone):
 
     def __init__(self, config: MaxViTConfig) -> None:
         super().__init__()
-        h, w = config.input_size
+        h, w = img_size_hw(config.img_size)
         if h % 32 or w % 32 or h < 32 or w < 32:
             raise ValueError(f"MaxViT img_size must be a positive multiple of 32, got {config.img_size}")
         self.config = cfg = config
@@ -397,8 +324,11 @@ class MaxViT(Backbone):
             dict(num_chs=d, reduction=2 ** (i + 2), module=f"stages.{i}") for i, d in enumerate(cfg.embed_dims)
         ]
         self.num_features = cfg.embed_dims[-1]
-        self.head = Head(self.num_features, cfg.head_hidden or self.num_features, cfg.num_classes, cfg.global_pool,
-                         cfg.drop_rate, cfg.ln_eps)
+        # global pool -> LayerNorm -> Linear + tanh (pre-logits) -> dropout -> Linear, as timm's MaxViT-TF head;
+        # global_pool="" runs it per pixel and returns a (B, classes, H, W) map
+        self.head = NormClassifierHead(self.num_features, cfg.num_classes, cfg.global_pool, cfg.drop_rate,
+                                       cfg.ln_eps, pool_dim=(2, 3), hidden=cfg.head_hidden or self.num_features,
+                                       channels_first=True)
         self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
 
@@ -421,10 +351,7 @@ class MaxViT(Backbone):
 
     def _stage(self, stage: Stage, x: Tensor) -> Tensor:
         for block in stage.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self.run_block(block, x)
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -519,7 +446,7 @@ class MaxViT(Backbone):
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        return convert_timm_checkpoint(state_dict, self)
+        return convert_checkpoint(state_dict, self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -532,31 +459,35 @@ _SIZES = {
     "large": dict(embed_dims=(128, 256, 512, 1024), depths=(2, 6, 14, 2), stem_width=128),
     "xlarge": dict(embed_dims=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width=192),
 }
-# xlarge has no ImageNet-1k-only weights: at 384/512 timm's default is the IN-21k fine-tuned one, and at 224 it is
-# the IN-21k model itself, with 21843 classes (as timm builds it).
-_TAG = {"tiny": "in1k", "small": "in1k", "base": "in1k", "large": "in1k", "xlarge": "in21k_ft_in1k"}
+# name -> (size, resolution, default weight tag). xlarge has no ImageNet-1k-only weights: at 384/512 timm's default
+# is the IN-21k fine-tuned one, and at 224 it is the IN-21k model itself, with 21843 classes (as timm builds it).
+VARIANTS: dict[str, tuple[str, int, str]] = {
+    "maxvit_tiny_tf_224": ("tiny", 224, "in1k"),
+    "maxvit_tiny_tf_384": ("tiny", 384, "in1k"),
+    "maxvit_tiny_tf_512": ("tiny", 512, "in1k"),
+    "maxvit_small_tf_224": ("small", 224, "in1k"),
+    "maxvit_small_tf_384": ("small", 384, "in1k"),
+    "maxvit_small_tf_512": ("small", 512, "in1k"),
+    "maxvit_base_tf_224": ("base", 224, "in1k"),
+    "maxvit_base_tf_384": ("base", 384, "in1k"),
+    "maxvit_base_tf_512": ("base", 512, "in1k"),
+    "maxvit_large_tf_224": ("large", 224, "in1k"),
+    "maxvit_large_tf_384": ("large", 384, "in1k"),
+    "maxvit_large_tf_512": ("large", 512, "in1k"),
+    "maxvit_xlarge_tf_224": ("xlarge", 224, "in21k"),
+    "maxvit_xlarge_tf_384": ("xlarge", 384, "in21k_ft_in1k"),
+    "maxvit_xlarge_tf_512": ("xlarge", 512, "in21k_ft_in1k"),
+}
+for _name, (_size, _res, _tag) in VARIANTS.items():
+    register_variant(
+        MaxViT, _name,
+        functools.partial(MaxViTConfig, img_size=_res, num_classes=21843 if _tag == "in21k" else 1000, **_SIZES[_size]),
+        f"MaxViT-{_size[0].upper()} at {_res}x{_res} (window {_res // 32}).",
+        weights=f"timm/{_name}.{_tag}", family="maxvit",
+    )
 
 
-def _register(size: str, res: int) -> None:
-    name = f"maxvit_{size}_tf_{res}"
-
-    in21k = size == "xlarge" and res == 224
-
-    def variant() -> MaxViTConfig:
-        return MaxViTConfig(img_size=res, num_classes=21843 if in21k else 1000, **_SIZES[size])
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"MaxViT-{size[0].upper()} at {res}x{res} (window {res // 32})."
-    tag = "in21k" if in21k else _TAG[size]
-    register_model(MaxViT, weights=f"timm/{name}.{tag}", family="maxvit")(variant)
-
-
-for _size in _SIZES:
-    for _res in (224, 384, 512):
-        _register(_size, _res)
-
-
-@register_model(MaxViT, family="maxvit")
+@register_model(MaxViT, family="maxvit", pretrained_cfg=dict(pool_size=[2, 2]))  # pool_size: img_size / 32
 def maxvit_nano() -> MaxViTConfig:
     """A small extra variant for quick experiments and tests (not a released model): 64 px, window 2."""
     return MaxViTConfig(embed_dims=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, img_size=64)
@@ -573,7 +504,7 @@ def resize_rel_pos_table(table: Tensor, partition: tuple[int, int]) -> Tensor:
     return F.interpolate(table[None].float(), size=size, mode="bicubic", align_corners=False)[0].to(table.dtype)
 
 
-def convert_timm_checkpoint(state_dict: dict[str, Tensor], model: MaxViT) -> dict[str, Tensor]:
+def convert_checkpoint(state_dict: dict[str, Tensor], model: MaxViT) -> dict[str, Tensor]:
     """timm ``maxvit_*_tf_*`` state dict -> ours. Keys are identical by design; bias tables follow img_size, and a
     timm head built without pooling (1x1 convs, (out, in, 1, 1)) loads into our linears (out, in)."""
     out = {}

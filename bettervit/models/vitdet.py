@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .eva02 import Eva02
+from .eva import Eva
 
 
 def global_block_indices(depth: int, num_global: int = 4) -> tuple[int, ...]:
@@ -109,7 +109,7 @@ class ViTDetBackbone(nn.Module):
 
     names = ("p2", "p3", "p4", "p5")
 
-    def __init__(self, backbone: Eva02, out_channels: int = 256) -> None:
+    def __init__(self, backbone: Eva, out_channels: int = 256) -> None:
         super().__init__()
         self.backbone = backbone
         self.pyramid = SimpleFeaturePyramid(backbone.config.embed_dim, out_channels)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..models.eva02 import Block, Eva02, GeluMlp, Rope, window_partition, window_unpartition
+from ..models.eva import Block, Eva, GeluMlp, Rope, window_partition, window_unpartition
 from . import register_pass
 from .onednn import PackedLinear
 
@@ -164,8 +164,8 @@ class FastBlock(nn.Module):
         return self.mlp(self.norm2(x), x)
 
 
-@register_pass(Eva02)
-def optimize_eva02(model: Eva02) -> Eva02:
+@register_pass(Eva)
+def optimize_eva02(model: Eva) -> Eva:
     """Replace every block by a ``FastBlock`` (in place; ``bettervit.optimize`` hands in a copy, or the model itself
     with ``inplace=True``, and runs this only where oneDNN is available)."""
     for i, blk in enumerate(model.blocks):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..models.base import img_size_hw
 from ..models.maxvit import MaxViT, MaxViTBlock, MBConv, Stem, TransformerLayer, pad_same_s2
 from . import register_pass
 from .onednn import PackedLinear, conv_act
@@ -161,7 +162,7 @@ class FastMaxViTBlock(nn.Module):
 def optimize_maxvit(model: MaxViT) -> MaxViT:
     """Rewrite ``model`` (eval, no grad, CPU fp32) in place into its CPU inference form; see the module docstring."""
     model.stem = FastStem(model.stem)
-    h, w = model.config.input_size
+    h, w = img_size_hw(model.config.img_size)
     for i, stage in enumerate(model.stages):
         size = (h // 2 ** (i + 2), w // 2 ** (i + 2))  # this stage's map at the model's own input size
         stage.blocks = nn.ModuleList(FastMaxViTBlock(block, size) for block in stage.blocks)

@@ -17,6 +17,8 @@ default); the fusion convolutions are 3-D with a temporal kernel of 1, the decod
 tokens with one joint position embedding, and each prediction token reconstructs the *first* frame of its 2-frame
 slot (time-strided targets, as the official ``get_pixel_label_3d``), its pixels flattened (y, x, c).
 
+The variants (``mae_hiera_*``) are registered with the other models, in bettervit/models/mae_hiera.py.
+
 Layout follows facebookresearch/mae: ``forward_encoder`` / ``forward_decoder`` / ``forward_loss``. Parameter names
 equal the official ``hiera-transformer`` MAE checkpoints, so ``mae_hiera_*_224.pth`` and ``mae_hiera_*_16x224.pth``
 load directly.
@@ -31,9 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..models.hiera import (OFFICIAL_URL, SIZES, VIDEO_SIZES, Hiera, HieraBlock, HieraConfig, reroll_units,
-                            resample_temporal, resize_pos_embeds)
-from ..registry import register_model
+from ..models.hiera import Hiera, HieraBlock, HieraConfig, reroll_units, resample_temporal, resize_pos_embeds
+from ..models.base import img_size_hw
 
 
 @dataclass
@@ -42,9 +43,15 @@ class MAEHieraConfig(HieraConfig):
     num_classes: int = 0
     decoder_dim: int = 512
     decoder_depth: int = 8
-    decoder_heads: int = 16
+    decoder_num_heads: int = 16
     norm_pix_loss: bool = True  # targets: each patch normalised by its own mean and variance
     mask_ratio: float = 0.6
+    decoder_heads: int | None = None  # older name of decoder_num_heads; when given it sets decoder_num_heads
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decoder_heads is not None:
+            self.decoder_num_heads, self.decoder_heads = self.decoder_heads, None
 
 
 class MAEOutput(NamedTuple):
@@ -102,7 +109,7 @@ class MaskedAutoencoderHiera(Hiera):
         # raster over the prediction grid, (t,) h/16, w/16
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.frames_t * math.prod(self.final_grid), cfg.decoder_dim))
         self.decoder_blocks = nn.ModuleList(
-            HieraBlock(cfg.decoder_dim, cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio, eps=cfg.norm_eps)
+            HieraBlock(cfg.decoder_dim, cfg.decoder_dim, cfg.decoder_num_heads, mlp_ratio=cfg.mlp_ratio, eps=cfg.norm_eps)
             for _ in range(cfg.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=cfg.norm_eps)
@@ -127,7 +134,8 @@ class MaskedAutoencoderHiera(Hiera):
     def _check(self, x: Tensor, fixed: tuple[int, ...] | None = None) -> None:
         # the decoder's position embedding and the mask fix the input size
         cfg = self.config
-        super()._check(x, fixed=(cfg.num_frames, *cfg.img_hw) if cfg.is_video else cfg.img_hw)
+        hw = img_size_hw(cfg.img_size)
+        super()._check(x, fixed=(cfg.num_frames, *hw) if cfg.is_video else hw)
 
     @property
     def num_units(self) -> int:
@@ -141,7 +149,7 @@ class MaskedAutoencoderHiera(Hiera):
     def forward_encoder(self, x: Tensor, mask: Tensor) -> Tensor:
         """Images + mask (True = visible) -> fused latent (B, n_visible, u, u, C_enc), u = final unit side (2)."""
         cfg = self.config
-        take = set(range(cfg.q_pool)) | {len(cfg.stages) - 1}
+        take = set(range(cfg.q_pool)) | {len(cfg.depths) - 1}
         _, outs = self.forward_tokens(x, visible=mask, take=take)
         n_vis = int(mask[0].sum())
         fused = 0.0
@@ -172,7 +180,7 @@ class MaskedAutoencoderHiera(Hiera):
         patch_visible = mask.view(B, t, mh, 1, mw, 1).expand(B, t, mh, u, mw, u).reshape(B, -1)
         x = x + self.decoder_pos_embed
         for block in self.decoder_blocks:
-            x = self._run(block, x)
+            x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x)), patch_visible
 
     def patchify(self, x: Tensor) -> Tensor:
@@ -344,61 +352,3 @@ def patch_visibility(model: MaskedAutoencoderHiera, mask: Tensor, size: tuple[in
     v = mask.view(-1, t, mh, mw).float()  # (B, t, mh, mw)
     v = torch.nn.functional.interpolate(v, size=tuple(size), mode="nearest")  # (B, t, H, W)
     return v.unsqueeze(1) if model.config.is_video else v
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Variants. The official MAE checkpoints (dl.fbaipublicfiles.com/hiera/mae_hiera_*_224.pth) are not on the
-# Hugging Face hub, so there is no default hub id: pass the downloaded .pth as `pretrained=`.
-# ---------------------------------------------------------------------------------------------------------------
-def _register(size: str) -> None:
-    name = f"mae_hiera_{size}_224"
-
-    def variant() -> MAEHieraConfig:
-        return MAEHieraConfig(**SIZES[size])
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"MAE pretraining model with a Hiera-{size} encoder at 224x224."
-    register_model(MaskedAutoencoderHiera, weights=None, family="hiera")(variant)
-
-
-for _size in SIZES:
-    _register(_size)
-
-
-def _register_video(size: str) -> None:
-    name = f"mae_hiera_{size}_16x224"
-
-    def variant() -> MAEHieraConfig:
-        return MAEHieraConfig(**SIZES[size], num_frames=16, mask_ratio=0.9)
-
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"MAE video pretraining model with a Hiera-{size} encoder, 16 frames at 224x224, mask ratio 0.9."
-    cfg = dict(url=OFFICIAL_URL.format(name=name), tag="mae_k400", input_size=[3, 16, 224, 224],
-               license="cc-by-nc-4.0", paper_ids="arXiv:2306.00989")
-    register_model(MaskedAutoencoderHiera, weights=None, family="hiera", pretrained_cfg=cfg)(variant)
-
-
-for _size in VIDEO_SIZES:
-    _register_video(_size)
-
-
-@register_model(MaskedAutoencoderHiera, family="hiera")
-def mae_hiera_nano_video() -> MAEHieraConfig:
-    """MAE with the hiera_nano_video encoder (8 frames of 64 px: 4 x 2 x 2 = 16 mask units) and mae_hiera_nano's
-    decoder, for demos and tests. Mask ratio 0.75 (4 visible units): 0.9 would leave one unit of sixteen."""
-    return MAEHieraConfig(
-        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, num_frames=8, decoder_dim=64, decoder_depth=2,
-        decoder_heads=2, mask_ratio=0.75,
-    )
-
-
-@register_model(MaskedAutoencoderHiera, family="hiera")
-def mae_hiera_nano() -> MAEHieraConfig:
-    """MAE with the hiera_nano encoder and a 64-d, 2-block, 2-head decoder at 64 px, for demos and tests.
-
-    At 64 px the image holds only 2x2 mask units (of 32 px); masking half of them (2 visible) gave better features
-    on the digits than 0.6 (which leaves 1 visible unit): benchmarks/README.md, few-label table."""
-    return MAEHieraConfig(
-        embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), img_size=64, decoder_dim=64, decoder_depth=2, decoder_heads=2,
-        mask_ratio=0.5,
-    )

@@ -194,20 +194,3 @@ def build_mim(
             feats = fn(teacher, x) if fn else teacher_patch_features(teacher, x, mim_kw.get("teacher_prefix_tokens"))
         teacher_dim = feats.shape[1]
     return MIM(net, teacher, teacher_dim, **mim_kw)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A demo-sized EVA-02 for MIM on small images (not a released model): the few-label digits benchmark
-# (benchmarks/bench_fewlabel.py) pretrains it on 56 px images, a 4x4 grid of 14 px patches, on two CPU cores.
-# ---------------------------------------------------------------------------------------------------------------
-def _register_demo_variant() -> None:
-    from ..models.eva02 import Eva02, Eva02Config
-    from ..registry import register_model
-
-    @register_model(Eva02, family="eva02")
-    def eva02_nano() -> Eva02Config:
-        """EVA-02 at 56 px: width 128, 6 blocks, 4 heads; RoPE on the 4x4 grid. For demos and tests."""
-        return Eva02Config(img_size=56, embed_dim=128, depth=6, num_heads=4, rope_ref_grid=4)
-
-
-_register_demo_variant()

@@ -236,16 +236,15 @@ def supervised_epochs(n_train: int, batch_size: int) -> int:
 # Model facts the run needs (the registered model's own config)
 # ---------------------------------------------------------------------------------------------------------------
 def default_img_size(model_name: str) -> int:
-    """The input size ``model_name`` is built for (its config's ``img_size``, 224 when it has none); an unknown
-    name is a one-line ValueError suggesting close names."""
-    from ..factory import get_entry
+    """The input side ``model_name`` is built for (``bettervit.models.facts.default_input``); an unknown name is a
+    one-line ValueError suggesting close names."""
+    from ..models.facts import default_input
 
-    size = getattr(get_entry(model_name).config(), "img_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
+    return default_input(model_name)[0]
 
 
 def default_num_frames(model_name: str) -> int:
-    """Frames per clip a video model is built for; 0 for image models."""
-    from ..factory import get_entry
+    """Frames per clip a video model is built for; 0 for image models (``bettervit.models.facts.default_input``)."""
+    from ..models.facts import default_input
 
-    return int(getattr(get_entry(model_name).config(), "num_frames", 0) or 0)
+    return default_input(model_name)[1]
