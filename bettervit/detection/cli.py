@@ -27,9 +27,9 @@ def _types():
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     at_least, pos, nonneg, unit, pair, _ = _types()
     S = argparse.SUPPRESS
-    p.add_argument("--detector", choices=["mask_rcnn", "cascade_mask_rcnn"], default=None,
-                   help="Mask R-CNN (Faster R-CNN when the data has no masks) or Cascade Mask R-CNN "
-                        "(default: the recipe's, else mask_rcnn)")
+    p.add_argument("--detector", choices=["mask_rcnn", "cascade_mask_rcnn", "rt_detr"], default=None,
+                   help="Mask R-CNN (Faster R-CNN when the data has no masks), Cascade Mask R-CNN or RT-DETRv2 "
+                        "(boxes only) (default: the recipe's, else mask_rcnn)")
     p.add_argument("--backbone", default=None, help="an image model of `bettervit models` (EVA-02 / EVA as ViTDet, "
                                                     "MaxViT / Hiera / HieraDet with an FPN); required")
     p.add_argument("--data", default=None, help="'digit-scenes' (default, embedded; 'digit-scenes:N' for N train "
@@ -126,7 +126,7 @@ def _train_options(args: argparse.Namespace) -> dict:
     if given.get("data") in (None, "digits"):
         given["data"] = "digit-scenes"
     given.setdefault("workers", 0)
-    recipe = given.get("det_recipe") or default_recipe(given["data"])
+    recipe = given.get("det_recipe") or default_recipe(given["data"], given.get("detector"))
     given["det_recipe"] = recipe
     return {**recipe_settings(recipe), **given}
 

@@ -33,14 +33,14 @@ from torchvision.ops.poolers import initLevelMapper
 
 from .backbones import build_backbone, check_strides, image_norm
 
-DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
+DETECTORS = ("mask_rcnn", "cascade_mask_rcnn", "rt_detr")  # rt_detr: bettervit.detection.rtdetr
 
 
 @dataclass
 class DetectorConfig:
     """Everything that shapes a detector (stored in every checkpoint; defaults: COCO-sized, as ViTDet's)."""
 
-    detector: str = "mask_rcnn"  # mask_rcnn | cascade_mask_rcnn
+    detector: str = "mask_rcnn"  # mask_rcnn | cascade_mask_rcnn | rt_detr
     backbone: str = "hiera_nano"
     num_classes: int = 80  # foreground classes (the predictors get one more: background)
     masks: bool = True  # False: Faster R-CNN / Cascade R-CNN (no mask branch)
@@ -69,6 +69,7 @@ class DetectorConfig:
     detections_per_img: int = 100
     cascade_ious: tuple = (0.5, 0.6, 0.7)
     cascade_weights: tuple = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+    rtdetr: dict = field(default_factory=dict)  # rt_detr: RTDetrV2Config fields (empty: transformers' = R50's)
 
     def validate(self) -> None:
         if self.detector not in DETECTORS:
@@ -230,6 +231,10 @@ def build_detector(cfg: DetectorConfig, pretrained: bool | str = False, backbone
     ``backbone``: use this one instead (a module with ``out_channels``, ``strides``, ``roi_names`` and
     ``pretrained_cfg``, e.g. an ``FPNBackbone`` on another library's features; benchmarks compare them so)."""
     cfg.validate()
+    if cfg.detector == "rt_detr":
+        from .rtdetr import build_rtdetr
+
+        return build_rtdetr(cfg, pretrained)
     if backbone is None:
         backbone = build_backbone(cfg.backbone, pretrained=pretrained, img_size=cfg.img_size,
                                   out_channels=cfg.fpn_channels, patch_size=cfg.patch_size,

@@ -70,6 +70,15 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def _add_rtdetr() -> None:
+    from .rtdetr import RTDETR_RECIPES  # RT-DETR's presets live beside its model
+
+    RECIPES.update(RTDETR_RECIPES)
+
+
+_add_rtdetr()
+
+
 def list_detection_recipes() -> dict[str, dict[str, Any]]:
     return dict(RECIPES)
 
@@ -81,9 +90,12 @@ def get_recipe(name: str) -> dict[str, Any]:
     return RECIPES[name]
 
 
-def default_recipe(data: str | None) -> str:
-    """``digit_scenes`` for the embedded scenes; ``vitdet_mask_rcnn_b``'s COCO-sized heads for a COCO folder."""
+def default_recipe(data: str | None, detector: str | None = None) -> str:
+    """``digit_scenes`` for the embedded scenes; ``vitdet_mask_rcnn_b``'s COCO-sized heads for a COCO folder
+    (``--detector rt_detr``: ``rtdetr_digit_scenes`` / ``rtdetr_v2_r50``)."""
     embedded = not data or data == "digits" or str(data).startswith("digit-scenes")
+    if detector == "rt_detr":
+        return "rtdetr_digit_scenes" if embedded else "rtdetr_v2_r50"
     return "digit_scenes" if embedded else "vitdet_mask_rcnn_b"
 
 

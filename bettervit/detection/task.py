@@ -49,6 +49,7 @@ def detector_config(cfg: "RunConfig", num_classes: int, masks: bool) -> "Detecto
     fields.update(backbone=cfg.model, num_classes=num_classes, masks=masks)
     if cfg.detector:
         fields["detector"] = cfg.detector
+    fields["masks"] = masks and fields.get("detector") != "rt_detr"  # RT-DETR: boxes only
     if cfg.img_size:
         fields["img_size"] = cfg.img_size
     if cfg.drop_path is not None:
@@ -210,14 +211,15 @@ def evaluate_detector(model: nn.Module, data: "DetectionData", info: "distribute
 
     was_training = model.training
     model.eval()
+    with_masks = data.has_masks and getattr(getattr(model, "config", None), "masks", True)  # rt_detr: boxes only
     idx = data.indices(split, 0, 0, info.rank, info.world, shuffle=False)
     results: list[dict] = []
     for outs, targets, scales in predict_batches(model, data, split, idx, batch_size, img_size, info.device, amp,
                                                  workers):
-        if not data.has_masks:
+        if not with_masks:
             outs = [{k: v for k, v in o.items() if k != "masks"} for o in outs]
         results += to_coco_results(outs, targets, data.category_ids, scales)
     model.train(was_training)
     results = _gather(results, info)
-    types = ("bbox", "segm") if data.has_masks else ("bbox",)
+    types = ("bbox", "segm") if with_masks else ("bbox",)
     return coco_evaluate(data.coco_gt(split), results, types), results
