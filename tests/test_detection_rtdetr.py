@@ -77,10 +77,9 @@ def test_postprocess_equals_transformers_post_process_object_detection():
 
     g = torch.Generator().manual_seed(0)
     logits, boxes = torch.randn(2, 10, 3, generator=g), torch.rand(2, 10, 4, generator=g) * 0.5 + 0.2
-    ours = postprocess(logits, boxes, (64, 64), top_k=12)
+    ours = postprocess(logits, boxes, (64, 64), top_k=10)  # transformers keeps as many as there are queries
     theirs = RTDetrImageProcessor().post_process_object_detection(
-        RTDetrObjectDetectionOutput(logits=logits, pred_boxes=boxes), threshold=0.0, target_sizes=[(64, 64)] * 2,
-        top_k=12)
+        RTDetrObjectDetectionOutput(logits=logits, pred_boxes=boxes), threshold=0.0, target_sizes=[(64, 64)] * 2)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a["scores"], b["scores"])
         torch.testing.assert_close(a["labels"], b["labels"] + 1)
@@ -101,7 +100,7 @@ def test_init_from_a_classification_checkpoint_and_layer_ids(tmp_path):
     ids, last = det.param_layer_ids(), det.num_layer_ids() - 1
     trunk = "hf.model.backbone.model._backbone.model."
     assert ids[trunk + "patch_embed.proj.weight"] == 0 and 0 < ids[trunk + "blocks.0.attn.qkv.weight"] < last
-    assert ids["hf.class_embed.0.weight"] == last
+    assert ids["hf.model.enc_score_head.weight"] == last
 
 
 def test_masks_refused():
@@ -125,7 +124,6 @@ def coco_dir(tmp_path_factory):
     return write_coco_folder(tmp_path_factory.mktemp("coco") / "scenes", img_size=64, n_train=8, n_val=4)
 
 
-@pytest.mark.slow
 def test_cli_train_eval_predict(coco_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert _cli("detect", "train", "--detector", "rt_detr", "--backbone", "hiera_nano", "--data", str(coco_dir),
@@ -166,3 +164,16 @@ def test_bad_options_one_line_exit_2(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not out.exists()
+
+
+def test_presets_default_for_rt_detr_and_listed(capsys):
+    from bettervit.detection.recipes import default_recipe, get_recipe
+
+    assert default_recipe("digit-scenes:600", "rt_detr") == "rtdetr_digit_scenes"
+    assert default_recipe("/data/coco", "rt_detr") == "rtdetr_v2_r50"
+    assert default_recipe("digit-scenes", None) == "digit_scenes"  # the R-CNNs' default unchanged
+    full = get_recipe("rtdetr_v2_r50")["detector"]["rtdetr"]
+    assert (full["num_queries"], full["decoder_layers"], full["d_model"]) == (300, 6, 256)  # RT-DETRv2-R50
+    assert _cli("detect", "train", "--recipe", "list") == 0
+    out = capsys.readouterr().out
+    assert "rtdetr_digit_scenes" in out and "rtdetr_v2_r50" in out and "RT-DETR" in out
