@@ -177,3 +177,18 @@ def test_presets_default_for_rt_detr_and_listed(capsys):
     assert _cli("detect", "train", "--recipe", "list") == 0
     out = capsys.readouterr().out
     assert "rtdetr_digit_scenes" in out and "rtdetr_v2_r50" in out and "RT-DETR" in out
+
+
+@pytest.mark.slow
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    common = ("detect", "train", "--detector", "rt_detr", "--backbone", "hiera_nano", "--img-size", "64",
+              "--batch-size", "4", "--threads", "1", "--no-progress", "--data", "digit-scenes:8", "--epochs", "2")
+    assert _cli(*common, "--output", str(tmp_path / "full")) == 0
+    assert _cli(*common, "--output", str(tmp_path / "cut"), "--stop-after", "1") == 0
+    assert _cli("detect", "train", "--output", str(tmp_path / "cut"), "--resume", "--threads", "1",
+                "--no-progress") == 0
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

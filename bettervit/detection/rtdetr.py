@@ -233,7 +233,10 @@ def _register_stand_in() -> None:
             raise ValueError(f"{_STAND_IN_NAME} is built only inside bettervit.detection.rtdetr.build_rtdetr")
         return _StandIn(_STAND_IN[-1])
 
+    from ..integrations import bettervit_timm  # the module timm files bettervit's entries under
+
     entry.__name__ = entry.__qualname__ = _STAND_IN_NAME
+    entry.__module__ = bettervit_timm.__name__
     timm.models.register_model(entry)
 
 
@@ -260,7 +263,8 @@ def build_rtdetr(cfg: "DetectorConfig", pretrained: bool | str = False) -> RTDET
         from transformers import RTDetrV2ForObjectDetection
         from transformers.models.rt_detr_v2.modeling_rt_detr_v2 import replace_batch_norm
     except ImportError:
-        raise ImportError("--detector rt_detr needs transformers: pip install 'bettervit[timm]'") from None
+        raise ImportError("--detector rt_detr needs transformers and timm: "
+                          "pip install 'bettervit[detect,integrations]'") from None
     from .backbones import image_norm
 
     if cfg.masks:
