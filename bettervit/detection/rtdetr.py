@@ -117,7 +117,7 @@ def group_losses(loss_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     groups add up to transformers' total loss."""
     out: dict[str, Tensor] = {}
     for k, v in loss_dict.items():
-        group = "loss_dn" if "_dn_" in k else "loss_aux" if "_aux_" in k or "_enc" in k else k
+        group = "loss_dn" if "_dn_" in k else "loss_aux" if "_aux_" in k else k  # e.g. loss_vfl_aux_0
         out[group] = out[group] + v if group in out else v
     return out
 
