@@ -71,7 +71,7 @@ RTDETR_RECIPES: dict[str, dict[str, Any]] = {
                                   freeze_backbone_batch_norms=True)),
         published_batch=16,
         settings=dict(lr=1e-4, weight_decay=1e-4, layer_decay=1.0, sched="constant", warmup_epochs=0.27,
-                      clip_grad=0.1, ema_decay=0.9999, hflip=0.5, lsj_scale=(0.5, 1.25), epochs=72),
+                      clip_grad=0.1, ema_decay=0.9999, hflip=0.5, lsj_scale=(0.75, 1.25), epochs=72),
     ),
 }
 
