@@ -227,7 +227,7 @@ def test_cli_train_eval_predict_on_a_coco_folder(coco_dir, tmp_path, capsys):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train_loss", "lr", "img_per_s", "box_AP", "mask_AP", "loss_mask"} <= set(row)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert len([k for k in metrics if k.startswith("box_")]) == 12 and len([k for k in metrics if k.startswith("mask_")]) == 12
+    assert sum(k.startswith("box_") for k in metrics) == 12 and sum(k.startswith("mask_") for k in metrics) == 12
 
     out = tmp_path / "eval"
     assert _cli("detect", "eval", "--checkpoint", str(run / "best.pt"), "--data", str(coco_dir),
