@@ -175,7 +175,7 @@ def test_patch14_pyramid_is_refused_patch16_pools_at_true_strides():
     assert len(model.rpn.anchor_generator.sizes) == len(model.backbone(torch.rand(1, 3, 64, 64)))
 
 
-def test_layer_ids_and_init_from_a_classification_checkpoint(tmp_path):
+def test_layer_ids_and_init_from_classification_and_mae_checkpoints(tmp_path):
     import bettervit
 
     clf = bettervit.create_model("hiera_nano", num_classes=10, img_size=64)
@@ -185,6 +185,11 @@ def test_layer_ids_and_init_from_a_classification_checkpoint(tmp_path):
     det = build_detector(cfg, pretrained=str(path))
     for name, p in det.trunk.named_parameters():
         torch.testing.assert_close(p, clf.state_dict()[name])
+    mae = bettervit.create_model("mae_hiera_nano", img_size=64)  # an MAE pretraining checkpoint: the encoder loads
+    torch.save({"model": mae.state_dict(), "meta": {}}, tmp_path / "mae.pt")
+    det_mae = build_detector(cfg, pretrained=str(tmp_path / "mae.pt"))
+    torch.testing.assert_close(det_mae.trunk.state_dict()["blocks.0.attn.qkv.weight"],
+                               mae.state_dict()["blocks.0.attn.qkv.weight"])
     ids = det.param_layer_ids()
     last = det.num_layer_ids() - 1
     assert ids["roi_heads.box_predictor.cls_score.weight"] == last
@@ -222,7 +227,7 @@ def test_cli_train_eval_predict_on_a_coco_folder(coco_dir, tmp_path, capsys):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train_loss", "lr", "img_per_s", "box_AP", "mask_AP", "loss_mask"} <= set(row)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert len([k for k in metrics if k.startswith("box_")]) == 12 and len([k for k in metrics if k.startswith("mask_")]) == 12
+    assert sum(k.startswith("box_") for k in metrics) == 12 and sum(k.startswith("mask_") for k in metrics) == 12
 
     out = tmp_path / "eval"
     assert _cli("detect", "eval", "--checkpoint", str(run / "best.pt"), "--data", str(coco_dir),

@@ -48,7 +48,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=pos, default=None, help="peak learning rate (default: the recipe's, scaled to the batch)")
+    g.add_argument("--lr", type=pos, default=None,
+                   help="peak learning rate (default: the recipe's, scaled to the batch)")
     g.add_argument("--weight-decay", type=nonneg, default=None)
     g.add_argument("--layer-decay", type=_types()[5](0, 1, lo_open=True), default=None,
                    help="layer-wise LR decay of the trunk (ViTDet: B 0.7, L 0.8, H 0.9; default 1: off)")

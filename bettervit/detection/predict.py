@@ -76,7 +76,8 @@ def predict_images(checkpoint: str, images: list[Path], out: Path, score_thresh:
             r.update(file_name=str(path), class_name=name_of.get(r["category_id"], str(r["category_id"])))
         all_results += res
         shown = [r for r in res if r["score"] >= score_thresh]
-        boxes = torch.tensor([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (r["bbox"] for r in shown)]).reshape(-1, 4)
+        xywh = [r["bbox"] for r in shown]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in xywh]).reshape(-1, 4)  # (N, 4) xyxy
         masks = None
         if shown and "segmentation" in shown[0]:
             masks = torch.stack([torch.from_numpy(decode_segmentation(r["segmentation"], H, W)).bool() for r in shown])
