@@ -6,12 +6,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo pretrain-demo test bench clean
+.PHONY: setup demo pretrain-demo detect-demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[train,test,export,integrations]"
+	$(BIN)/python -m pip install -q -e ".[train,test,export,detect,integrations]"
 	touch $@
 
 setup: $(STAMP)
@@ -25,6 +25,11 @@ demo: setup
 # step with the CLI's defaults. About 10 minutes on 2 CPU cores; table and curves in runs/fewlabel.
 pretrain-demo: setup
 	$(BIN)/python benchmarks/bench_fewlabel.py --threads 2 --output runs/fewlabel
+
+# Detection: Mask R-CNN on hiera_nano (FPN), trained from scratch on the embedded digit scenes, COCO box and mask AP on
+# their val scenes; settings, times and APs measured in benchmarks/README.md ("Detection"). Run dir: runs/detect-demo.
+detect-demo: setup
+	$(BIN)/bettervit detect train --detector mask_rcnn --backbone hiera_nano --data digit-scenes:1200 --img-size 192 --epochs 4 --threads 1 --output runs/detect-demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

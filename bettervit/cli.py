@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--static-hw", dest="dynamic_hw", action="store_false", help="export H x W as fixed")
     s.add_argument("--static-batch", action="store_true", help="export the batch dimension as fixed")
     s.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against eager")
+    from .detection.cli import add_detect_parser  # detect train | eval | predict | scenes
+
+    add_detect_parser(sub)
     return p
 
 
@@ -546,9 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     _setup_logging(args.quiet)
+    from .detection.cli import cmd_detect
+
     commands = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
                 "pretrain": lambda a: cmd_train(a, "pretrain"), "bench": cmd_bench,
-                "export": cmd_export}
+                "export": cmd_export, "detect": cmd_detect}
     from .train.engine import Diverged
 
     try:

@@ -314,7 +314,7 @@ def test_unknown_task_is_one_line_and_writes_nothing(tmp_path):
         with pytest.raises(ValueError) as e:
             call()
         msg = str(e.value)
-        assert "\n" not in msg and "unknown task" in msg and "classify, mae, mim, probe" in msg, msg
+        assert "\n" not in msg and "unknown task" in msg and "classify, detect, mae, mim, probe" in msg, msg
     assert not out.exists()
 
 

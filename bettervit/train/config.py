@@ -92,6 +92,10 @@ class RunConfig:
     teacher: str | None = None  # MIM
     teacher_checkpoint: str | None = None  # MIM
     eval_every: int | None = None  # evaluate every N epochs and at the last; None: about 20 evaluations per run
+    # detection (bettervit detect train; bettervit/detection/task.py)
+    detector: str | None = None  # mask_rcnn | cascade_mask_rcnn
+    det_recipe: str | None = None  # a preset of bettervit/detection/recipes.py (heads, anchors, image size, settings)
+    lsj_scale: tuple[float, float] | None = None  # large-scale jitter range (ViTDet: 0.1, 2.0)
     # machinery
     seed: int = 0
     workers: int = 2

@@ -19,6 +19,7 @@ TASKS: dict[str, str | type[Task]] = {
     "probe": "bettervit.train.tasks.linear_probe:LinearProbeTask",
     "mae": "bettervit.train.tasks.mae:MAETask",
     "mim": "bettervit.train.tasks.mim:MIMTask",
+    "detect": "bettervit.detection.task:DetectionTask",
 }
 
 __all__ = ["TASKS", "Data", "Task", "all_run_files", "create_task", "get_task", "register_task", "task_name"]
