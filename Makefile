@@ -29,7 +29,7 @@ pretrain-demo: setup
 # Detection: Mask R-CNN on hiera_nano (FPN), trained from scratch on the embedded digit scenes, COCO box and mask AP on
 # their val scenes; settings, times and APs measured in benchmarks/README.md ("Detection"). Run dir: runs/detect-demo.
 detect-demo: setup
-	$(BIN)/bettervit detect train --detector mask_rcnn --backbone hiera_nano --data digit-scenes:1200 --img-size 192 --epochs 4 --threads 1 --output runs/detect-demo --overwrite
+	$(BIN)/bettervit detect train --detector mask_rcnn --backbone hiera_nano --data digit-scenes:1200 --img-size 192 --epochs 4 --threads 2 --output runs/detect-demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
