@@ -27,6 +27,24 @@ DIGITS_STD = (0.4, 0.4, 0.4)
 CROP_PCT = 0.875  # image folders: load at img_size / CROP_PCT, then crop
 
 
+def epoch_indices(name: str, n: int, epoch: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
+                  batch_size: int = 1) -> list[int]:
+    """This rank's order of ``n`` samples for one epoch: a permutation fixed by (seed, epoch), dealt round-robin.
+
+    Training (shuffle) keeps only whole batches on every rank so ranks step together; evaluation keeps every
+    sample exactly once over all ranks. ``name`` (the data's) goes into the error when no batch can be filled.
+    """
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        per_rank = (n // world) // batch_size * batch_size
+        if per_rank == 0:
+            raise ValueError(
+                f"{name}: {n} training images cannot fill one batch of {batch_size} on each of {world} rank(s)")
+        return order[rank::world][:per_rank]
+    return list(range(n))[rank::world]
+
+
 @dataclass
 class DataBundle:
     """Both splits plus what a checkpoint must remember to preprocess new images the same way."""
@@ -57,17 +75,7 @@ class DataBundle:
         Training (shuffle) keeps only whole batches on every rank so ranks step together; evaluation keeps every
         sample exactly once over all ranks.
         """
-        n = self.size(split)
-        if shuffle:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-            per_rank = (n // world) // batch_size * batch_size
-            if per_rank == 0:
-                raise ValueError(
-                    f"{self.name}: {n} training images cannot fill one batch of {batch_size} on each of {world} rank(s)"
-                )
-            return order[rank::world][:per_rank]
-        return list(range(n))[rank::world]
+        return epoch_indices(self.name, self.size(split), epoch, seed, rank, world, shuffle, batch_size)
 
     def batches(self, split: str, indices: list[int], batch_size: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         s = self.splits[split]

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data import epoch_indices
+
 log = logging.getLogger(__name__)
 
 SCENES = "digit-scenes"
@@ -59,18 +61,8 @@ class DetectionData:
         """This rank's image order for one epoch: a permutation fixed by (seed, epoch), dealt round-robin.
 
         Training (shuffle) keeps only whole batches on every rank so ranks step together; evaluation keeps every
-        image exactly once over all ranks (the same rule as ``bettervit.data.DataBundle.indices``)."""
-        n = self.size(split)
-        if shuffle:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-            per_rank = (n // world) // batch_size * batch_size
-            if per_rank == 0:
-                raise ValueError(
-                    f"{self.name}: {n} training images cannot fill one batch of {batch_size} on each of {world} rank(s)"
-                )
-            return order[rank::world][:per_rank]
-        return list(range(n))[rank::world]
+        image exactly once over all ranks (``bettervit.data.epoch_indices``, as ``DataBundle.indices``)."""
+        return epoch_indices(self.name, self.size(split), epoch, seed, rank, world, shuffle, batch_size)
 
     def batches(self, split: str, indices: list[int], batch_size: int,
                 workers: int = 0) -> Iterator[tuple[list[Tensor], list[dict]]]:
