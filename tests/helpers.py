@@ -177,3 +177,12 @@ def make_folder(root: Path, n_per_class: int = 4, size: int = 20, classes: tuple
         (root / "train" / classes[0] / "notes.txt").write_text("not an image")
         (root / "train" / classes[0] / "broken.png").write_bytes(b"\x89PNG garbage")
     return root
+
+
+def assert_same_last_weights(run_a, run_b) -> None:
+    """The ``model`` weights in two run directories' ``last.pt`` are bit-identical (resume == uninterrupted)."""
+    a = torch.load(Path(run_a) / "last.pt", weights_only=True)["model"]
+    b = torch.load(Path(run_b) / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -11,6 +11,7 @@ import torch
 
 from bettervit.detection.backbones import build_backbone, check_strides
 from bettervit.detection.models import DetectorConfig, StridedRoIAlign, build_detector, detector_loss
+from helpers import assert_same_last_weights
 
 TINY_HEADS = dict(fpn_channels=32, conv_dim=32, fc_dim=64, mask_dim=32, box_convs=1, mask_convs=1, roi_batch=32,
                   rpn_batch=64, anchor_scale=4.0, rpn_pre_nms=(200, 100), rpn_post_nms=(100, 50), img_size=64)
@@ -257,11 +258,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert _cli(*common, "--output", str(tmp_path / "cut"), "--stop-after", "1") == 0
     assert _cli("detect", "train", "--output", str(tmp_path / "cut"), "--resume", "--threads", "1",
                 "--no-progress") == 0
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("argv, needle", [

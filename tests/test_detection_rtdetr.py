@@ -14,6 +14,7 @@ pytest.importorskip("timm")
 
 from bettervit.detection.models import DetectorConfig, build_detector  # noqa: E402
 from bettervit.detection.rtdetr import from_hf_boxes, postprocess, to_hf_targets  # noqa: E402
+from helpers import assert_same_last_weights  # noqa: E402
 
 #: RT-DETRv2 at test size: hidden 32, 10 queries, 2 decoder layers
 TINY = dict(d_model=32, encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=2, decoder_ffn_dim=64,
@@ -187,8 +188,4 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert _cli(*common, "--output", str(tmp_path / "cut"), "--stop-after", "1") == 0
     assert _cli("detect", "train", "--output", str(tmp_path / "cut"), "--resume", "--threads", "1",
                 "--no-progress") == 0
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
