@@ -186,3 +186,21 @@ def assert_same_last_weights(run_a, run_b) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def backward_with_saved_count(model: torch.nn.Module, forward) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Run ``forward()`` (-> (output, scalar loss)) and backward: the detached output, the gradients of the
+    parameters that got one, and how many tensors autograd saved outside checkpointed regions (gradient
+    checkpointing must save fewer)."""
+    model.zero_grad(set_to_none=True)
+    saved = []
+
+    def pack(t):
+        saved.append(1)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, loss = forward()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, len(saved)

@@ -19,7 +19,7 @@ from bettervit.models.base import feature_take_indices
 from bettervit.pretrain.mim import build_mim
 from bettervit.weights import adapt_input_conv
 from golden_util import GOLDEN, read_fixture
-from helpers import build_small, is_mae, is_video, small_input, small_overrides
+from helpers import backward_with_saved_count, build_small, is_mae, is_video, small_input, small_overrides
 
 FIX, _, META = read_fixture(GOLDEN / "api" / "shared.safetensors")
 MODELS = bettervit.list_models()
@@ -173,18 +173,11 @@ def test_features_only(name):
 # --- pretraining models -------------------------------------------------------------------------------------------
 def _step(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor):
     """Loss, gradients of the trainable parameters, and how many tensors autograd saved outside checkpoints."""
-    model.zero_grad(set_to_none=True)
-    saved = []
-
-    def pack(t):
-        saved.append(1)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():
         loss = model(x, mask=mask).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, len(saved)
+        return loss, loss
+
+    return backward_with_saved_count(model, forward)
 
 
 def _check_pretraining_step(model: torch.nn.Module, encoder: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor):

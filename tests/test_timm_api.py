@@ -22,7 +22,7 @@ from torch import nn
 import bettervit
 from bettervit.factory import get_entry
 from bettervit.features import FeatureInfo
-from helpers import build_small, is_mae, is_video, small_input
+from helpers import backward_with_saved_count, build_small, is_mae, is_video, small_input
 
 CLASSIFIERS = [n for n in bettervit.list_models() if not is_mae(n)]
 FULL = ["maxvit_tiny_tf_224", "hiera_tiny_224", "eva02_tiny_patch14_224"]  # timm's tests at full size
@@ -249,19 +249,12 @@ def test_reset_classifier_and_get_classifier(name):
 
 def _fwd_bwd(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     """Output, gradients, and how many tensors autograd saved outside checkpointed regions."""
-    model.zero_grad(set_to_none=True)
-    saved = []
-
-    def pack(t):
-        saved.append(1)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():
         out = model(x)
-    out = out.loss if hasattr(out, "loss") else out
-    out.float().square().mean().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), grads, len(saved)
+        out = out.loss if hasattr(out, "loss") else out
+        return out, out.float().square().mean()
+
+    return backward_with_saved_count(model, forward)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS, scope="module")
