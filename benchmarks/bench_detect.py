@@ -12,6 +12,8 @@ not depend on training; the detections do, which is why every detector here shar
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import re
 import statistics
 import time
@@ -93,9 +95,29 @@ def _timm_twin(name: str, size: int, out_indices: tuple[int, ...]) -> tuple[nn.M
     return mine, theirs
 
 
+def _trunk_step(body: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        body.train()
+        sum(f.float().mean() for f in body(x)).backward()
+        body.zero_grad(set_to_none=True)
+    return run
+
+
+def _trunk_infer(body: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        body.eval()
+        with torch.no_grad():
+            body(x)
+    return run
+
+
 def vs_timm(size: int, batch: int, repeats: int) -> None:
+    """Per backbone: the detector's training step and inference, bettervit vs timm trunk (and bettervit with
+    ``bettervit.optimize`` on the trunk for inference); then the trunks alone on the same batch, which says how
+    much of the detector's time a trunk speed-up can change."""
     images = [torch.rand(3, size, size) for _ in range(batch)]
     targets = _targets(batch, size)
+    x = torch.stack(images)
     print(f"Mask R-CNN (4conv1fc / 4-conv heads, 256 ch), {size} px, batch {batch}: s per call (median)")
     for name, oi in (("hiera_tiny_224", (0, 1, 2, 3)), ("maxvit_tiny_tf_224", (1, 2, 3, 4))):
         mine, theirs = _timm_twin(name, size, oi)
@@ -105,11 +127,20 @@ def vs_timm(size: int, batch: int, repeats: int) -> None:
         b = build_detector(cfg, backbone=theirs)
         b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("backbone.body.")},
                           strict=False)
-        for mode, fns in (("train", {"bettervit": _step(a, images, targets), "timm": _step(b, images, targets)}),
-                          ("infer", {"bettervit": _infer(a, images), "timm": _infer(b, images)})):
+        fast = copy.deepcopy(a)
+        fast.backbone.body = bettervit.optimize(fast.backbone.body)
+        rows = (("detector train", {"bettervit": _step(a, images, targets), "timm": _step(b, images, targets)}),
+                ("detector infer", {"bettervit": _infer(a, images), "timm": _infer(b, images),
+                                    "bettervit+optimize": _infer(fast, images)}),
+                ("trunk alone train", {"bettervit": _trunk_step(mine.body, x), "timm": _trunk_step(theirs.body, x)}),
+                ("trunk alone infer", {"bettervit": _trunk_infer(mine.body, x), "timm": _trunk_infer(theirs.body, x),
+                                       "bettervit+optimize": _trunk_infer(fast.backbone.body, x)}))
+        for mode, fns in rows:
             t = _timed(fns, repeats)
-            print(f"  {name:<20} {mode}: bettervit {t['bettervit']:.3f}  timm {t['timm']:.3f}  "
-                  f"ratio {t['timm'] / t['bettervit']:.2f}x", flush=True)
+            extra = (f"  optimize {t['bettervit+optimize']:.3f} ({t['timm'] / t['bettervit+optimize']:.2f}x)"
+                     if "bettervit+optimize" in t else "")
+            print(f"  {name:<20} {mode:<18}: bettervit {t['bettervit']:.3f}  timm {t['timm']:.3f}  "
+                  f"ratio {t['timm'] / t['bettervit']:.2f}x{extra}", flush=True)
 
 
 def vs_torchvision(size: int, batch: int, repeats: int) -> None:
@@ -128,34 +159,66 @@ def vs_torchvision(size: int, batch: int, repeats: int) -> None:
 
 
 def optimized_backbone(size: int, batch: int, repeats: int) -> None:
+    """``bettervit.optimize`` on the trunk keeps the detector's output: the pyramid's largest difference and the
+    detections' (same boxes, scores), on a detector whose heads are untrained (speed: ``vs_timm``'s rows)."""
     images = [torch.rand(3, size, size) for _ in range(batch)]
     for name in ("hiera_tiny_224", "maxvit_tiny_tf_224"):
         det = build_detector(DetectorConfig(backbone=name, img_size=size, **HEADS)).eval()
-        fast = build_detector(DetectorConfig(backbone=name, img_size=size, **HEADS)).eval()
-        fast.load_state_dict(det.state_dict())
+        fast = copy.deepcopy(det)
         fast.backbone.body = bettervit.optimize(fast.backbone.body)
         with torch.no_grad():
             diff = max((x - y).abs().max().item() for x, y in
                        zip(det.backbone(images[0][None]).values(), fast.backbone(images[0][None]).values()))
-        t = _timed({"plain": _infer(det, images), "optimized": _infer(fast, images)}, repeats)
-        print(f"  {name:<20} inference: plain {t['plain']:.3f}  optimize(backbone) {t['optimized']:.3f} s  "
-              f"({t['plain'] / t['optimized']:.2f}x; pyramid max diff {diff:.1e})", flush=True)
+            a, b = det(images), fast(images)
+        same = all(len(p["boxes"]) == len(q["boxes"]) for p, q in zip(a, b))
+        box_diff = max(((p["boxes"] - q["boxes"]).abs().max().item() for p, q in zip(a, b) if len(p["boxes"])),
+                       default=0.0) if same else float("nan")
+        print(f"  {name:<20} optimize(trunk): pyramid max diff {diff:.1e}; detections: same count {same}, "
+              f"box max diff {box_diff:.1e} px", flush=True)
 
 
-def vitdet_memory() -> None:
+def _timm_eva_trunk(size: int) -> nn.Module:
+    """timm's EVA-02-B at ``size`` with 16-px patches, in the place of our trunk inside ``ViTDetBackbone`` (which
+    calls ``forward_intermediates``, timm's API; ``config`` gives it the two fields it reads). timm's Eva has no
+    windowed attention: every block is global."""
+    from types import SimpleNamespace
+
+    import timm
+
+    m = timm.create_model("eva02_base_patch14_224", pretrained=False, num_classes=0, img_size=size, patch_size=16)
+    m.config = SimpleNamespace(patch_size=16, embed_dim=m.embed_dim)
+    return m
+
+
+def _peak_inference(det: nn.Module, x: list) -> tuple[float, float]:
     from bettervit.bench import PeakMemory
 
-    det = build_detector(DetectorConfig(detector="cascade_mask_rcnn", backbone="eva02_base_patch14_224",
-                                        img_size=1024, num_classes=80)).eval()
-    x = [torch.rand(3, 1024, 1024)]
     with torch.no_grad():
         det(x)
         t = time.perf_counter()
         with PeakMemory(torch.device("cpu")) as mem:
             det(x)
-    params = sum(p.numel() for p in det.parameters()) / 1e6
-    print(f"  ViTDet EVA-02-B Cascade Mask R-CNN, 1024 x 1024, batch 1, inference: {time.perf_counter() - t:.1f} s, "
-          f"peak {mem.mb:.0f} MB above the weights ({params:.0f} M parameters)", flush=True)
+    return time.perf_counter() - t, mem.mb
+
+
+def vitdet_memory(size: int = 1024) -> None:
+    """Peak memory of the ViTDet EVA-02-B Cascade Mask R-CNN (inference, batch 1): ours windowed (ViTDet's recipe:
+    16-token windows, 4 global blocks), ours with every block global, and the same detector on timm's trunk (global
+    attention, the only kind timm's Eva has)."""
+    base = DetectorConfig(detector="cascade_mask_rcnn", backbone="eva02_base_patch14_224", img_size=size,
+                          num_classes=80)
+    x = [torch.rand(3, size, size)]
+    print(f"ViTDet EVA-02-B Cascade Mask R-CNN, {size} x {size}, batch 1, inference (s, peak MB above the weights):")
+    for label, cfg, timm_trunk in (("bettervit, windowed + 4 global (ViTDet)", base, False),
+                                   ("bettervit, all 12 blocks global", dataclasses.replace(base, num_global=12), False),
+                                   ("timm trunk (all global)", base, True)):
+        det = build_detector(cfg).eval()
+        if timm_trunk:
+            det.backbone.body.backbone = _timm_eva_trunk(size)
+        t, mb = _peak_inference(det, x)
+        params = sum(p.numel() for p in det.parameters()) / 1e6
+        print(f"  {label:<42} {t:6.1f} s  peak {mb:6.0f} MB  ({params:.0f} M parameters)", flush=True)
+        del det
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,8 @@ def _add_run_options(p: argparse.ArgumentParser, pretrain: bool) -> None:
     p.add_argument("--model", default=None, help="registered model name (see `bettervit models`); required")
     p.add_argument("--data", default=None,
                    help="'digits' (default: scikit-learn's 8x8 digits) or DIR with train/ and val/; video models: "
-                        "'moving-digits[:N]' (default, synthetic clips) or DIR with train/ and val/ of <class>/<clip>")
+                        "'moving-digits[:N]' (default, synthetic clips) or DIR with train/ and val/ of <class>/<clip>"
+                        + ("; detection images without labels: 'digit-scenes[:N]' or a COCO folder" if pretrain else ""))
     p.add_argument("--img-size", type=_int_at_least(8), default=None, help="input size (default: the model's)")
     p.add_argument("--num-frames", type=_int_at_least(1), default=None,
                    help="video models: frames per clip (default: the model's, e.g. 16)")

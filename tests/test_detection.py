@@ -77,6 +77,25 @@ def test_cascade_training_step(backbone):
     assert "loss_mask" in losses
 
 
+@pytest.mark.parametrize("backbone", ["hiera_nano", "maxvit_nano", "eva02_nano"])
+def test_optimize_rewrites_the_trunk_and_keeps_the_detections(backbone):
+    import bettervit
+
+    det = _detector("mask_rcnn", backbone).eval()
+    fast = bettervit.optimize(det)
+    def rewritten(m):
+        return [type(x).__name__ for x in m.modules() if type(x).__module__.startswith("bettervit.optimize")]
+    assert rewritten(fast.backbone.trunk) and not rewritten(det), "the CPU pass did not reach the trunk"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = det.backbone(x), fast.backbone(x)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4)
+        (da,), (db,) = det(list(x)), fast(list(x))
+    assert len(da["boxes"]) == len(db["boxes"])
+    torch.testing.assert_close(db["boxes"], da["boxes"], atol=1e-2, rtol=0)
+
+
 def test_faster_rcnn_without_masks():
     model = _detector("mask_rcnn", masks=False)
     model.train()
@@ -236,6 +255,13 @@ def test_cli_train_eval_predict_on_a_coco_folder(coco_dir, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()).keys() == metrics.keys()
     assert isinstance(json.loads((out / "predictions.json").read_text()), list)
     assert "box:" in capsys.readouterr().out
+    plain = tmp_path / "eval_plain"  # the default optimizes the trunk on the CPU: same detections to rounding
+    assert _cli("detect", "eval", "--checkpoint", str(run / "best.pt"), "--data", str(coco_dir), "--no-optimize",
+                "--output", str(plain)) == 0
+    fast_dets = json.loads((out / "predictions.json").read_text())
+    plain_dets = json.loads((plain / "predictions.json").read_text())
+    assert len(fast_dets) == len(plain_dets) > 0
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast_dets, plain_dets)) < 1e-3
 
     images = sorted((coco_dir / "val2017").glob("*.png"))[:2]
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]

@@ -480,3 +480,63 @@ def test_batches_feed_a_torchvision_mask_rcnn_and_its_outputs_evaluate():
             res += to_coco_results(outs, tgts, data.category_ids, scales)
     m = coco_evaluate(data.coco_gt("val"), res)
     assert len(m) == 24 and all(v == -1 or 0 <= v <= 100 for v in m.values())
+
+
+# ---------------------------------------------------------------- the images without labels (pretraining data)
+
+def test_unlabeled_scenes_are_the_detection_scenes():
+    from bettervit.data import build_data
+
+    data = build_data("digit-scenes:20", S)
+    assert not data.labeled and data.num_classes == 1 and data.size("train") == 20 and data.size("val") == 16
+    assert data.preprocess_info()["crop_pct"] == 1.0
+    idx = [3, 0, 17]
+    x, y = next(data.batches("train", idx, 3))
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, S, S) and y.tolist() == [0, 0, 0]
+    seen = SceneSplit("train", 20, S).load_batch(idx)  # what `detect train --data digit-scenes:20` renders
+    assert torch.equal(x, torch.stack([img for img, _ in seen]))
+    xw, _ = next(data.batches("train", idx, 3, workers=1))  # the DataLoader's worker path gives the same batch
+    assert torch.equal(xw, x)
+    sub = data.with_labels_per_class(5)  # subsets keep working on the scene split
+    assert sub.size("train") == 5
+
+
+def test_unlabeled_coco_folder_lists_the_json_images_and_skips_bad_ones(coco_dir, tmp_path, caplog):
+    from bettervit.data import build_data
+
+    root = _copy(coco_dir, tmp_path)
+    (root / "train2017" / "000002.png").unlink()
+    (root / "train2017" / "000005.png").write_bytes(b"not a png")
+    (root / "train2017" / "stray.png").write_bytes((root / "train2017" / "000001.png").read_bytes())  # not listed
+    with caplog.at_level(logging.WARNING, logger="bettervit.data.folder"):
+        data = build_data(str(root), 32)
+    assert not data.labeled and data.size("train") == 10 and data.size("val") == 6 and data.skipped == 2
+    assert any("skipped 2" in r.getMessage() for r in caplog.records)
+    x, y = next(data.batches("val", [0, 1], 2))
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 0]
+    assert sorted(p.name for p in (root / "train2017").iterdir())[:2] == ["000001.png", "000003.png"]  # untouched
+
+
+@pytest.mark.parametrize("spec,match", [("digit-scenes:x", "digit-scenes:N with N >= 1"),
+                                        ("digit-scenes:0", "digit-scenes:N with N >= 1")])
+def test_unlabeled_scene_spec_errors(spec, match):
+    from bettervit.data import build_data
+
+    with pytest.raises(ValueError, match=match):
+        build_data(spec, S)
+
+
+def test_pretrain_takes_the_scenes_train_refuses_them(tmp_path, capsys):
+    from bettervit.cli import main
+
+    out = tmp_path / "mae"
+    assert main(["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data", "digit-scenes:16",
+                 "--img-size", "64", "--epochs", "1", "--batch-size", "8", "--output", str(out), "--no-progress",
+                 "--threads", "1"]) == 0
+    assert (out / "last.pt").exists() and (out / "reconstructions.png").exists()
+    capsys.readouterr()
+    assert main(["train", "--model", "hiera_nano", "--data", "digit-scenes:16", "--epochs", "1",
+                 "--output", str(tmp_path / "cls"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without class labels" in err[0]
+    assert not (tmp_path / "cls" / "last.pt").exists()

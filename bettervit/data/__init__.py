@@ -59,6 +59,7 @@ class DataBundle:
     splits: dict[str, object] = field(repr=False)
     skipped: int = 0
     num_frames: int = 0  # video: frames per clip (batches are (B, 3, T, H, W)); 0 for images
+    labeled: bool = True  # False: images without labels (every label 0), for pretraining only
 
     @property
     def num_classes(self) -> int:
@@ -120,14 +121,16 @@ class DataBundle:
     def preprocess_info(self) -> dict:
         """Saved in checkpoints so ``predict`` prepares an image as training did."""
         info = {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "grey": self.grey,
-                "crop_pct": 1.0 if self.name in ("digits", "moving-digits") else CROP_PCT}
+                "crop_pct": 1.0 if self.name in ("digits", "moving-digits", "digit-scenes") else CROP_PCT}
         if self.num_frames:
             info["num_frames"] = self.num_frames
         return info
 
 
 def build_data(spec: str | None, img_size: int, num_frames: int = 0) -> DataBundle:
-    """``spec``: ``"digits"`` (default) or a folder holding ``train/`` and ``val/`` class subfolders.
+    """``spec``: ``"digits"`` (default) or a folder holding ``train/`` and ``val/`` class subfolders; for
+    pretraining also detection data without its labels: ``"digit-scenes[:N]"`` or a COCO folder
+    (:func:`bettervit.detection.data.unlabeled_images`; one class, every label 0).
 
     With ``num_frames`` > 0 (video models) the data are clips of that many frames: ``"digits"`` / ``"moving-digits"``
     (default) / ``"moving-digits:N"`` (N training clips) for synthetic moving digits, or a folder whose class
@@ -140,8 +143,15 @@ def build_data(spec: str | None, img_size: int, num_frames: int = 0) -> DataBund
         train, val = load_digits_split(img_size)
         return DataBundle("digits", list(CLASS_NAMES), img_size, img_size, DIGITS_MEAN, DIGITS_STD, True,
                           {"train": train, "val": val})
+    from ..detection.data import is_detection_spec
+
+    if is_detection_spec(spec):  # detection images without their labels (MAE / MIM pretraining)
+        from ..detection.data import unlabeled_images
+
+        return unlabeled_images(spec, img_size)
     root = Path(spec).expanduser()
-    classes = _folder_classes(root, spec, "'digits' or a folder with train/ and val/", "<class>/")
+    classes = _folder_classes(root, spec, "'digits', 'digit-scenes[:N]', a folder with train/ and val/ or a COCO "
+                              "folder", "<class>/")
     load_size = max(img_size, round(img_size / CROP_PCT))
     train = ImageFolderSplit(root / "train", classes, load_size, load_size)
     val = ImageFolderSplit(root / "val", classes, load_size, img_size)

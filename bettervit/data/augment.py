@@ -31,6 +31,8 @@ class AugmentConfig:
     def for_data(cls, data_name: str) -> "AugmentConfig":
         if data_name in ("digits", "moving-digits"):
             return cls(crop_scale=(0.7, 1.0), crop_ratio=(0.85, 1.18), hflip=0.0, randaugment=None, label_smoothing=0.1)
+        if data_name == "digit-scenes":  # pretraining on the scenes: crops that keep whole digits, no flips
+            return cls(crop_scale=(0.35, 1.0), hflip=0.0, randaugment=None)
         return cls()
 
 

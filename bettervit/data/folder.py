@@ -54,8 +54,6 @@ class ImageFolderSplit(torch.utils.data.Dataset):
     """One split of an image folder. ``skipped`` counts files that were not readable images."""
 
     def __init__(self, split_dir: Path, class_names: Sequence[str], load_size: int, crop_size: int) -> None:
-        from PIL import Image, UnidentifiedImageError
-
         self.load_size, self.crop_size = load_size, crop_size
         self.samples: list[tuple[str, int]] = []
         self.skipped = 0
@@ -64,20 +62,40 @@ class ImageFolderSplit(torch.utils.data.Dataset):
             if c not in index:
                 raise ValueError(f"class folder {split_dir / c} is not among the training classes ({len(index)})")
             for f in sorted((split_dir / c).rglob("*")):
-                if not f.is_file():
-                    continue
-                if f.suffix.lower() not in IMAGE_SUFFIXES:
-                    self.skipped += 1
-                    continue
-                try:  # reads the header only: cheap, and catches non-images with an image suffix
-                    with Image.open(f) as im:
-                        im.size  # noqa: B018
-                except (OSError, UnidentifiedImageError, ValueError):
-                    self.skipped += 1
-                    continue
-                self.samples.append((str(f), index[c]))
+                if f.is_file():
+                    self._add(f, index[c])
         if self.skipped:
             log.warning("%s: skipped %d unreadable or non-image file(s)", split_dir, self.skipped)
+
+    @classmethod
+    def from_files(cls, files: Sequence[Path], load_size: int, crop_size: int, where: Path | str = "",
+                   label: int = 0) -> "ImageFolderSplit":
+        """A split of the given image files, all with ``label`` (unlabelled images for pretraining); missing or
+        unreadable files are skipped and counted (logged once, naming ``where``)."""
+        out = object.__new__(cls)
+        out.load_size, out.crop_size = load_size, crop_size
+        out.samples, out.skipped = [], 0
+        for f in files:
+            out._add(Path(f), label)
+        if out.skipped:
+            log.warning("%s: skipped %d missing, unreadable or non-image file(s)", where, out.skipped)
+        return out
+
+    def _add(self, f: Path, label: int) -> None:
+        """Keep ``f`` if it is a readable image (its header only is read: cheap, and catches non-images with an image
+        suffix), else count it as skipped."""
+        from PIL import Image, UnidentifiedImageError
+
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            self.skipped += 1
+            return
+        try:
+            with Image.open(f) as im:
+                im.size  # noqa: B018
+        except (OSError, UnidentifiedImageError, ValueError):
+            self.skipped += 1
+            return
+        self.samples.append((str(f), label))
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderSplit":
         """A copy holding only the samples at ``indices`` (same classes, sizes and skip count)."""

@@ -76,6 +76,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--stop-after", type=at_least(1), default=None, help=S)
 
 
+def _add_no_optimize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="on the CPU, run the plain backbone instead of bettervit.optimize's fused one")
+
+
 def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     """``detect`` and its commands, on the main CLI's subparsers (errors: one line, exit 2)."""
     at_least = _types()[0]
@@ -90,12 +95,14 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=at_least(1), default=8)
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=at_least(1), default=None)
+    _add_no_optimize(s)
     s = sub.add_parser("predict", help="draw detections on images (PNGs) and write them as JSON")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--output", default=None, metavar="DIR", help="where to write (default ./detections)")
     s.add_argument("--score-thresh", type=_types()[5](0, 1), default=0.5, help="draw detections above this score")
     s.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
     s.add_argument("--device", default="auto")
+    _add_no_optimize(s)
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s = sub.add_parser("scenes", help="write the embedded digit scenes as a COCO folder")
     s.add_argument("--output", required=True, metavar="DIR")
@@ -165,8 +172,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_detector(path: str | os.PathLike, device: str = "auto"):
-    """(detector in eval mode on its device, checkpoint meta) from a ``detect train`` checkpoint."""
+def load_detector(path: str | os.PathLike, device: str = "auto", optimize: bool = False):
+    """(detector in eval mode on its device, checkpoint meta) from a ``detect train`` checkpoint; with ``optimize``
+    on the CPU its trunk goes through ``bettervit.optimize`` (same detections to float rounding, faster)."""
     from ..train.checkpoint import load_checkpoint
     from ..train.distributed import resolve_device
     from .models import DetectorConfig, build_detector
@@ -182,7 +190,12 @@ def load_detector(path: str | os.PathLike, device: str = "auto"):
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit its detector config ({str(e).splitlines()[0]})") from e
     dev = resolve_device(device)
-    return model.to(dev).eval(), meta
+    model = model.to(dev).eval()
+    if optimize and dev.type == "cpu":
+        from .. import optimize as optimize_model
+
+        model = optimize_model(model, inplace=True)
+    return model, meta
 
 
 def _fresh_outputs(out: Path, names: list[str], overwrite: bool) -> None:
@@ -203,7 +216,7 @@ def _eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "eval"
     _fresh_outputs(out, ["metrics.json", "predictions.json"], args.overwrite)
-    model, meta = load_detector(args.checkpoint, args.device)
+    model, meta = load_detector(args.checkpoint, args.device, optimize=args.optimize)
     det, pre = meta["detector"], meta.get("preprocess") or {}
     data = build_detection_data(args.data or pre.get("data"), int(det["img_size"]))
     if data.num_classes != det["num_classes"]:
@@ -224,7 +237,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     out = Path(args.output or "detections")
     written = predict_images(args.checkpoint, [Path(p) for p in args.images], out, args.score_thresh,
-                             args.device, args.overwrite)
+                             args.device, args.overwrite, optimize=args.optimize)
     print(f"wrote {len(written)} image(s) and {out / 'predictions.json'}")
     return 0
 

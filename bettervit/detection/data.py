@@ -338,3 +338,72 @@ def decode_full(path: str | Path) -> Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+class SceneImages(torch.utils.data.Dataset):
+    """The images of a digit-scene split without their annotations, as ``bettervit.data``'s folder splits give them:
+    item ``i`` is (uint8 (3, S, S), 0); ``samples[i] = (scene index, 0)`` (the folder splits' layout, so
+    ``subset_of`` and ``DataBundle.labels`` work). ``__getitems__`` renders a whole batch in one call."""
+
+    def __init__(self, split: str, n_scenes: int, img_size: int) -> None:
+        from .scenes import SceneSplit
+
+        self.scenes = SceneSplit(split, n_scenes, img_size)
+        self.samples: list[tuple[int, int]] = [(i, 0) for i in range(n_scenes)]
+        self.skipped = 0
+
+    def subset(self, indices: list[int]) -> "SceneImages":
+        from ..data.folder import subset_of
+
+        return subset_of(self, indices)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        rows = [self.samples[i][0] for i in indices]
+        return [(img, 0) for img, _ in self.scenes.load_batch(rows)]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.__getitems__([i])[0]
+
+
+def is_detection_spec(spec: str | None) -> bool:
+    """True for ``digit-scenes[:N]`` and for a folder in COCO 2017's layout (``annotations/instances_*.json``)."""
+    if not spec:
+        return False
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return any((path / "annotations").glob("instances_*.json"))
+    return str(spec).partition(":")[0] == SCENES
+
+
+def unlabeled_images(spec: str, img_size: int):
+    """The images of detection data without labels, for MAE / MIM pretraining (``bettervit pretrain --data``):
+    ``digit-scenes[:N]`` renders the train and val scenes at ``img_size`` (the same scenes ``detect train --data
+    digit-scenes:N`` sees); a COCO folder gives the images its JSONs list, each resized (shorter side) and
+    centre-cropped as an image folder's are. Returns a one-class ``bettervit.data.DataBundle`` (every label 0)."""
+    from ..data import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, DataBundle
+    from ..data.folder import ImageFolderSplit
+
+    name, _, count = str(spec).partition(":")
+    if name == SCENES and not Path(spec).expanduser().is_dir():
+        from .scenes import DEFAULT_TRAIN_SCENES, val_scenes_for
+
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"--data {spec}: expected {SCENES} or {SCENES}:N with N >= 1 training scenes")
+        n = int(count) if count else DEFAULT_TRAIN_SCENES
+        splits = {"train": SceneImages("train", n, img_size), "val": SceneImages("val", val_scenes_for(n), img_size)}
+        return DataBundle(SCENES, ["image"], img_size, img_size, IMAGENET_MEAN, IMAGENET_STD, False, splits,
+                          labeled=False)
+    root = Path(spec).expanduser()
+    load_size = max(img_size, round(img_size / CROP_PCT))
+    splits = {}
+    for split, crop in (("train", load_size), ("val", img_size)):
+        json_path, image_dir = _find_split(root, split)
+        files = [image_dir / str(im["file_name"]) for im in _read_coco_json(json_path)["images"]]
+        splits[split] = ImageFolderSplit.from_files(files, load_size, crop, where=image_dir)
+        if len(splits[split]) == 0:
+            raise ValueError(f"{json_path}: none of its {len(files)} images is readable in {image_dir}")
+    return DataBundle(str(root), ["image"], img_size, load_size, IMAGENET_MEAN, IMAGENET_STD, False, splits,
+                      skipped=sum(s.skipped for s in splits.values()), labeled=False)

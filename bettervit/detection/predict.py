@@ -40,8 +40,9 @@ def _output_paths(images: list[Path], out: Path, overwrite: bool) -> list[Path]:
 
 @torch.no_grad()
 def predict_images(checkpoint: str, images: list[Path], out: Path, score_thresh: float = 0.5,
-                   device: str = "auto", overwrite: bool = False) -> list[Path]:
-    """Detect on each image (resized as in evaluation, results mapped back to its own size); returns the PNGs."""
+                   device: str = "auto", overwrite: bool = False, optimize: bool = False) -> list[Path]:
+    """Detect on each image (resized as in evaluation, results mapped back to its own size); returns the PNGs.
+    ``optimize``: on the CPU, run the trunk through ``bettervit.optimize``."""
     from PIL import Image
 
     from .cli import load_detector
@@ -53,7 +54,7 @@ def predict_images(checkpoint: str, images: list[Path], out: Path, score_thresh:
         if not p.is_file():
             raise ValueError(f"image not found: {p}")
     names = _output_paths(images, out, overwrite)
-    model, meta = load_detector(checkpoint, device)
+    model, meta = load_detector(checkpoint, device, optimize=optimize)
     det = meta["detector"]
     pre = meta.get("preprocess") or {}
     class_names = pre.get("class_names") or meta.get("class_names") or [str(i) for i in range(det["num_classes"])]

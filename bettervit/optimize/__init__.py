@@ -9,7 +9,8 @@ inference model, in the spirit of timm's ``reparameterize_model`` and torchtitan
 - per family, what else pays on a CPU (see ``bettervit/optimize/<family>.py``).
 
 The result is for inference only (eval mode, no gradients, fp32 on the CPU); its outputs equal the plain model's
-to float rounding, and its ``state_dict`` has the plain model's keys.
+to float rounding, and its ``state_dict`` keeps the plain model's keys for the linear layers (MaxViT's
+convolutions with BatchNorm folded in appear as fused convolutions; see ``optimize/maxvit.py``).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def _return_freed_heap() -> None:
 
 
 def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """A CPU fp32 inference version of ``model`` (a bettervit classifier, or a ``features_only`` wrapper of one).
+    """A CPU fp32 inference version of ``model``: a bettervit classifier, a ``features_only`` wrapper of one, or a
+    ``bettervit.detection`` detector (its backbone's trunk is optimized; pyramid and heads stay as they are).
 
     ``inplace=False`` (default) leaves ``model`` untouched and works on a copy; ``inplace=True`` rewrites it and
     avoids holding two copies of the weights. Models without a pass, or a torch build without oneDNN, come back in
@@ -82,7 +84,8 @@ def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     model.eval().requires_grad_(False)
     if next(model.parameters(), torch.empty(0)).device.type != "cpu":
         raise ValueError("bettervit.optimize rewrites models for CPU inference; move the model to the CPU first")
-    target = getattr(model, "model", model)  # features_only wrapper: optimize the wrapped backbone
+    owner, attr = _trunk_slot(model)
+    target = getattr(owner, attr) if owner is not None else model
     fn = _find_pass(target)
     if fn is None or not onednn.available():
         log.info("no CPU pass for %s (oneDNN available: %s); returning it in eval mode", type(target).__name__,
@@ -91,7 +94,21 @@ def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     with torch.no_grad():
         out = fn(target)
     _return_freed_heap()
-    if target is not model:
-        model.model = out
-        return model
-    return out
+    if owner is None:
+        return out
+    setattr(owner, attr, out)
+    return model
+
+
+def _trunk_slot(model: nn.Module) -> tuple[nn.Module | None, str]:
+    """(module, attribute) holding the bettervit trunk inside a wrapper, or (None, "") for a bare model.
+
+    A ``features_only`` wrapper keeps it in ``.model``; a detector's backbone names its trunk's path in
+    ``trunk_prefix`` (e.g. ``body.model.`` for an FPN on a features_only model, ``body.backbone.`` for ViTDet)."""
+    prefix = getattr(getattr(model, "backbone", None), "trunk_prefix", None)
+    if isinstance(prefix, str) and prefix:
+        path = ("backbone." + prefix).rstrip(".").split(".")
+        return model.get_submodule(".".join(path[:-1])), path[-1]
+    if isinstance(getattr(model, "model", None), nn.Module):
+        return model, "model"
+    return None, ""

@@ -65,9 +65,15 @@ class ImageTask(Task):
 
     #: mixup / cutmix / RandAugment allowed (supervised tasks)
     mixing: bool = True
+    #: the task learns from labels (False: pretraining, which also takes images without labels)
+    needs_labels: bool = True
 
     def build_data(self, cfg: "RunConfig", info: "DistInfo") -> DataBundle:
-        return build_image_data(cfg)
+        data = build_image_data(cfg)
+        if self.needs_labels and not data.labeled:
+            raise ValueError(f"--data {cfg.data} gives images without class labels (for `bettervit pretrain`, or "
+                             f"`bettervit detect train`); train needs 'digits' or a folder of <class>/ subfolders")
+        return data
 
     def setup(self, model: nn.Module, data: DataBundle, device: torch.device) -> None:
         self.aug = DeviceAugment(augment_config(self.cfg, data, self.mixing), data.img_size, data.mean, data.std,
@@ -91,6 +97,7 @@ class PretrainTask(ImageTask):
     """Self-supervised pretraining (MAE, MIM): no labels used, no evaluation, no best.pt, no layer decay."""
 
     mixing = False
+    needs_labels = False
     #: DEFAULTS keys of the method's epochs and rate
     epochs_key = lr_key = ""
 

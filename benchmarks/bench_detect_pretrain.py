@@ -1,0 +1,123 @@
+"""Does the training method show in detection? Self-supervised pretraining on the detection images themselves
+(labels removed), then the same detection fine-tune as from scratch, box and mask AP side by side.
+
+ViTDet's central finding (Li et al. 2022): a plain ViT detector gains most from MAE pretraining, here on the images
+it is later fine-tuned on. Per family, on the embedded digit scenes (the train scenes without their annotations):
+
+- Hiera: ``bettervit pretrain --method mae`` (``mae_hiera_nano``), then ``bettervit detect train --backbone
+  hiera_nano`` from scratch and with ``--init`` the MAE run's ``last.pt``;
+- EVA-02: ``bettervit pretrain --method mim`` (student ``eva02_nano``, teacher the MAE-pretrained ``hiera_nano``
+  above, so no label reaches either), then ``detect train --backbone eva02_nano`` (ViTDet: patch 16, windows) from
+  scratch and from the MIM run.
+
+Both fine-tunes of a family run the same command (the ``digit_scenes`` recipe: same learning rate, schedule, epochs,
+seed), differing only in ``--init``. Every step is a CLI call whose run directory and log stay under ``--work``; a
+finished step is reused, an interrupted one resumed (``--resume``), so the script can be re-run after a kill.
+
+    PYTHONPATH=. python benchmarks/bench_detect_pretrain.py [--scenes 1200] [--img-size 192] [--epochs 4]
+        [--mae-epochs 30] [--mim-epochs 20] [--families hiera,eva02] [--threads 2] [--work runs/pretrain-pays]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def finished_epochs(out: Path) -> int:
+    """The last epoch the run in ``out`` recorded in its metrics.jsonl (0 if none)."""
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return int(json.loads(lines[-1])["epoch"]) if lines else 0
+
+
+def run_step(work: Path, name: str, args: list[str], epochs: int) -> float:
+    """Run ``python -m bettervit ARGS --output work/name`` unless that run already finished its ``epochs`` (then
+    reuse it); resume a run directory left by an interrupted call. Returns the wall time in s (0 when reused)."""
+    out = work / name
+    if finished_epochs(out) >= epochs:
+        print(f"  {name}: reusing the finished run in {out}", flush=True)
+        return 0.0
+    cmd = [sys.executable, "-m", "bettervit", *args, "--output", str(out), "--no-progress"]
+    cmd.append("--resume" if (out / "last.pt").exists() else "--overwrite")
+    log = work / f"{name}.log"
+    print(f"  {name}: {' '.join(cmd[3:])}  (log: {log})", flush=True)
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise SystemExit(f"{name} failed (exit {rc}); see {log}")
+    return time.perf_counter() - t
+
+
+def detection_row(work: Path, name: str) -> dict:
+    """box / mask AP (and AP50, AP75) of the run's last evaluation, from its metrics.json."""
+    m = json.loads((work / name / "metrics.json").read_text())
+    return {k: m.get(k) for k in ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")}
+
+
+def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple[str, str, float, float, dict]]:
+    data, threads = f"digit-scenes:{a.scenes}", ["--threads", str(a.threads)]
+    if fam == "hiera":
+        pre_name, backbone = "mae_hiera_nano", "hiera_nano"
+        pre = ["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data", data, "--img-size",
+               str(a.img_size), "--epochs", str(a.mae_epochs), *threads]
+    else:
+        mae = work / "mae_hiera_nano" / "last.pt"
+        if not mae.exists():
+            raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained hiera_nano: run --families hiera first "
+                             f"({mae} is missing)")
+        mim_size = round(a.img_size / 14) * 14  # EVA-02 pretrains at patch 14; the detector re-embeds at 16
+        pre_name, backbone = "mim_eva02_nano", "eva02_nano"
+        pre = ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher", "hiera_nano",
+               "--teacher-checkpoint", str(mae), "--data", data, "--img-size", str(mim_size), "--epochs",
+               str(a.mim_epochs), *threads]
+    t_pre = run_step(work, pre_name, pre, a.mae_epochs if fam == "hiera" else a.mim_epochs)
+    det = ["detect", "train", "--backbone", backbone, "--data", data, "--img-size", str(a.img_size), "--epochs",
+           str(a.epochs), "--seed", str(a.seed), *threads]
+    rows = []
+    method = pre_name.split("_")[0].upper()  # MAE / MIM
+    for init, extra in (("scratch", []), (method, ["--init", str(work / pre_name / "last.pt")])):
+        name = f"det_{backbone}_{init.lower()}"
+        t = run_step(work, name, det + extra, a.epochs)
+        rows.append((backbone, init, t_pre if extra else 0.0, t, detection_row(work, name)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenes", type=int, default=1200, help="train scenes (the demo's 1200; val: a tenth)")
+    ap.add_argument("--img-size", type=int, default=192)
+    ap.add_argument("--epochs", type=int, default=4, help="detection fine-tune epochs (the demo's 4)")
+    ap.add_argument("--mae-epochs", type=int, default=30)
+    ap.add_argument("--mim-epochs", type=int, default=20)
+    ap.add_argument("--families", default="hiera,eva02", help="comma list of hiera, eva02")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("runs/pretrain-pays"))
+    a = ap.parse_args(argv)
+    fams = [f.strip() for f in a.families.split(",") if f.strip()]
+    if not fams or any(f not in ("hiera", "eva02") for f in fams):
+        ap.error(f"--families: expected a comma list of hiera, eva02, got {a.families!r}")
+    a.work.mkdir(parents=True, exist_ok=True)
+    print(f"digit scenes: {a.scenes} train scenes at {a.img_size} px, detection fine-tune {a.epochs} epochs "
+          f"(Mask R-CNN, digit_scenes recipe); work folder {a.work}", flush=True)
+    rows = [r for f in fams for r in family(a.work, f, a)]
+    print("\n| backbone | init | pretraining s | fine-tune s | box AP / AP50 / AP75 | mask AP / AP50 / AP75 |")
+    print("|---|---|---|---|---|---|")
+    for backbone, init, t_pre, t_det, m in rows:  # COCO numbers in percent
+        print(f"| {backbone} | {init} | {t_pre:.0f} | {t_det:.0f} | {m['box_AP']:.1f} / {m['box_AP50']:.1f} / "
+              f"{m['box_AP75']:.1f} | {m['mask_AP']:.1f} / {m['mask_AP50']:.1f} / {m['mask_AP75']:.1f} |")
+    for i in range(0, len(rows), 2):
+        s, p = rows[i][4], rows[i + 1][4]
+        print(f"{rows[i][0]}: {rows[i + 1][1]} - scratch = box AP {p['box_AP'] - s['box_AP']:+.1f}, "
+              f"mask AP {p['mask_AP'] - s['mask_AP']:+.1f}")
+    print("(pretraining / fine-tune seconds: 0 where a finished run was reused)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
