@@ -10,11 +10,15 @@ it is later fine-tuned on. Per family, on the embedded digit scenes (the train s
   above, so no label reaches either), then ``detect train --backbone eva02_nano`` (ViTDet: patch 16, windows) from
   scratch and from the MIM run.
 
+With ``--label-scenes N`` the fine-tunes see the labels of the first N scenes only (pretraining still uses the images
+of all ``--scenes``): the few-label case. Every fine-tuned ``last.pt`` is also evaluated on one common set
+(``--eval-data``, by default the 300 default val scenes), so rows with different label counts compare.
+
 Both fine-tunes of a family run the same command (the ``digit_scenes`` recipe: same learning rate, schedule, epochs,
 seed), differing only in ``--init``. Every step is a CLI call whose run directory and log stay under ``--work``; a
 finished step is reused, an interrupted one resumed (``--resume``), so the script can be re-run after a kill.
 
-    PYTHONPATH=. python benchmarks/bench_detect_pretrain.py [--scenes 1200] [--img-size 192] [--epochs 4]
+    PYTHONPATH=. python benchmarks/bench_detect_pretrain.py [--scenes 1200] [--label-scenes N] [--img-size 192] [--epochs 4]
         [--mae-epochs 30] [--mim-epochs 20] [--families hiera,eva02] [--threads 2] [--work runs/pretrain-pays]
 """
 from __future__ import annotations
@@ -53,43 +57,72 @@ def run_step(work: Path, name: str, args: list[str], epochs: int) -> float:
     return time.perf_counter() - t
 
 
-def detection_row(work: Path, name: str) -> dict:
-    """box / mask AP (and AP50, AP75) of the run's last evaluation, from its metrics.json."""
-    m = json.loads((work / name / "metrics.json").read_text())
+def detection_row(out: Path) -> dict:
+    """box / mask AP (and AP50, AP75) in ``out/metrics.json``."""
+    m = json.loads((out / "metrics.json").read_text())
     return {k: m.get(k) for k in ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")}
 
 
-def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple[str, str, float, float, dict]]:
+def common_eval(run: Path, eval_data: str) -> dict:
+    """``detect eval`` of the run's ``last.pt`` on ``eval_data`` (the same val scenes for every row), into
+    ``run/eval_common`` (reused when there)."""
+    out = run / "eval_common"
+    if not (out / "metrics.json").exists():
+        cmd = [sys.executable, "-m", "bettervit", "detect", "eval", "--checkpoint", str(run / "last.pt"), "--data",
+               eval_data, "--output", str(out), "--overwrite"]
+        with open(run.parent / f"{run.name}.log", "a") as f:
+            if subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT) != 0:
+                raise SystemExit(f"detect eval of {run} failed; see {run.parent / f'{run.name}.log'}")
+    return detection_row(out)
+
+
+def pretrain_command(work: Path, fam: str, a: argparse.Namespace) -> tuple[str, str, list[str], int]:
+    """(run name, backbone, CLI arguments, epochs) of the family's self-supervised pretraining on the scenes."""
     data, threads = f"digit-scenes:{a.scenes}", ["--threads", str(a.threads)]
     if fam == "hiera":
-        pre_name, backbone = "mae_hiera_nano", "hiera_nano"
-        pre = ["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data", data, "--img-size",
-               str(a.img_size), "--epochs", str(a.mae_epochs), *threads]
-    else:
-        mae = work / "mae_hiera_nano" / "last.pt"
-        if not mae.exists():
-            raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained hiera_nano: run --families hiera first "
-                             f"({mae} is missing)")
-        mim_size = round(a.img_size / 14) * 14  # EVA-02 pretrains at patch 14; the detector re-embeds at 16
-        pre_name, backbone = "mim_eva02_nano", "eva02_nano"
-        pre = ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher", "hiera_nano",
-               "--teacher-checkpoint", str(mae), "--data", data, "--img-size", str(mim_size), "--epochs",
-               str(a.mim_epochs), *threads]
-    t_pre = run_step(work, pre_name, pre, a.mae_epochs if fam == "hiera" else a.mim_epochs)
-    det = ["detect", "train", "--backbone", backbone, "--data", data, "--img-size", str(a.img_size), "--epochs",
-           str(a.epochs), "--seed", str(a.seed), *threads]
+        return "mae_hiera_nano", "hiera_nano", ["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data",
+                                                data, "--img-size", str(a.img_size), "--epochs", str(a.mae_epochs),
+                                                *threads], a.mae_epochs
+    mae = work / "mae_hiera_nano" / "last.pt"
+    if not mae.exists():
+        raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained hiera_nano: run --families hiera first "
+                         f"({mae} is missing)")
+    mim_size = round(a.img_size / 14) * 14  # EVA-02 pretrains at patch 14; the detector re-embeds at 16
+    return "mim_eva02_nano", "eva02_nano", ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher",
+                                            "hiera_nano", "--teacher-checkpoint", str(mae), "--data", data,
+                                            "--img-size", str(mim_size), "--epochs", str(a.mim_epochs),
+                                            *threads], a.mim_epochs
+
+
+def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple]:
+    pre_name, backbone, pre, pre_epochs = pretrain_command(work, fam, a)
+    t_pre = run_step(work, pre_name, pre, pre_epochs)
+    labels = a.label_scenes or a.scenes
+    det = ["detect", "train", "--backbone", backbone, "--data", f"digit-scenes:{labels}", "--img-size",
+           str(a.img_size), "--epochs", str(a.epochs), "--seed", str(a.seed), "--threads", str(a.threads)]
     rows = []
     method = pre_name.split("_")[0].upper()  # MAE / MIM
     for init, extra in (("scratch", []), (method, ["--init", str(work / pre_name / "last.pt")])):
-        name = f"det_{backbone}_{init.lower()}"
+        name = f"det_{backbone}_{init.lower()}" + (f"_{labels}labelled_{a.epochs}ep" if a.label_scenes else "")
         t = run_step(work, name, det + extra, a.epochs)
-        rows.append((backbone, init, t_pre if extra else 0.0, t, detection_row(work, name)))
+        rows.append((backbone, init, t_pre if extra else 0.0, t, detection_row(work / name),
+                     common_eval(work / name, a.eval_data)))
     return rows
+
+
+def _aps(m: dict, kind: str) -> str:
+    return f"{m[kind + '_AP']:.1f} / {m[kind + '_AP50']:.1f} / {m[kind + '_AP75']:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenes", type=int, default=1200, help="train scenes (the demo's 1200; val: a tenth)")
+    ap.add_argument("--scenes", type=int, default=1200,
+                    help="train scenes whose images pretrain (the demo's 1200), labelled for the fine-tune unless "
+                         "--label-scenes")
+    ap.add_argument("--label-scenes", type=int, default=None,
+                    help="fine-tune on the first N of them only (their labels; val: a tenth, >= 16)")
+    ap.add_argument("--eval-data", default="digit-scenes:3000",
+                    help="data every fine-tuned run is also evaluated on (default: the 300 default val scenes)")
     ap.add_argument("--img-size", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=4, help="detection fine-tune epochs (the demo's 4)")
     ap.add_argument("--mae-epochs", type=int, default=30)
@@ -106,15 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"digit scenes: {a.scenes} train scenes at {a.img_size} px, detection fine-tune {a.epochs} epochs "
           f"(Mask R-CNN, digit_scenes recipe); work folder {a.work}", flush=True)
     rows = [r for f in fams for r in family(a.work, f, a)]
-    print("\n| backbone | init | pretraining s | fine-tune s | box AP / AP50 / AP75 | mask AP / AP50 / AP75 |")
-    print("|---|---|---|---|---|---|")
-    for backbone, init, t_pre, t_det, m in rows:  # COCO numbers in percent
-        print(f"| {backbone} | {init} | {t_pre:.0f} | {t_det:.0f} | {m['box_AP']:.1f} / {m['box_AP50']:.1f} / "
-              f"{m['box_AP75']:.1f} | {m['mask_AP']:.1f} / {m['mask_AP50']:.1f} / {m['mask_AP75']:.1f} |")
+    print(f"\nbox / mask AP (COCO AP@[.5:.95], AP50, AP75, percent): on the run's own val scenes, and on the "
+          f"{a.eval_data} val scenes (`detect eval` of last.pt)")
+    print("| backbone | init | pretraining s | fine-tune s | box AP (run val) | mask AP (run val) | box AP (common) "
+          "| mask AP (common) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for backbone, init, t_pre, t_det, m, c in rows:
+        print(f"| {backbone} | {init} | {t_pre:.0f} | {t_det:.0f} | {_aps(m, 'box')} | {_aps(m, 'mask')} | "
+              f"{_aps(c, 'box')} | {_aps(c, 'mask')} |")
     for i in range(0, len(rows), 2):
-        s, p = rows[i][4], rows[i + 1][4]
-        print(f"{rows[i][0]}: {rows[i + 1][1]} - scratch = box AP {p['box_AP'] - s['box_AP']:+.1f}, "
-              f"mask AP {p['mask_AP'] - s['mask_AP']:+.1f}")
+        (s, sc), (p, pc) = rows[i][4:6], rows[i + 1][4:6]
+        print(f"{rows[i][0]}: {rows[i + 1][1]} - scratch = box AP {p['box_AP'] - s['box_AP']:+.1f}, mask AP "
+              f"{p['mask_AP'] - s['mask_AP']:+.1f} (run val); box AP {pc['box_AP'] - sc['box_AP']:+.1f}, mask AP "
+              f"{pc['mask_AP'] - sc['mask_AP']:+.1f} (common val)")
     print("(pretraining / fine-tune seconds: 0 where a finished run was reused)")
     return 0
 
