@@ -174,7 +174,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def load_detector(path: str | os.PathLike, device: str = "auto", optimize: bool = False):
     """(detector in eval mode on its device, checkpoint meta) from a ``detect train`` checkpoint; with ``optimize``
-    on the CPU its trunk goes through ``bettervit.optimize`` (same detections to float rounding, faster)."""
+    on the CPU its trunk goes through ``bettervit.optimize`` (same detections to float rounding; the trunk runs
+    1.2-1.5x faster, the whole detector, whose RoI heads dominate, about 1.02x: benchmarks/README.md)."""
     from ..train.checkpoint import load_checkpoint
     from ..train.distributed import resolve_device
     from .models import DetectorConfig, build_detector
