@@ -107,17 +107,27 @@ def _identity(x):
     return x
 
 
+def scene_count(spec: str) -> int | None:
+    """The train scene count of ``digit-scenes[:N]`` (default ``DEFAULT_TRAIN_SCENES``); None when ``spec`` names
+    something else (e.g. a folder, even one called digit-scenes); a one-line ValueError for a bad N."""
+    name, _, count = str(spec).partition(":")
+    if name != SCENES or Path(spec).expanduser().is_dir():
+        return None
+    if count and not (count.isdigit() and int(count) >= 1):
+        raise ValueError(f"--data {spec}: expected {SCENES} or {SCENES}:N with N >= 1 training scenes")
+    from .scenes import DEFAULT_TRAIN_SCENES
+
+    return int(count) if count else DEFAULT_TRAIN_SCENES
+
+
 def build_detection_data(spec: str | None, img_size: int) -> DetectionData:
     """``spec``: ``"digit-scenes"`` (default; ``"digit-scenes:N"`` for N train scenes) or a COCO folder (see the
     module docstring). ``img_size`` is the scenes' canvas size; COCO images keep their own size."""
     spec = spec or SCENES
-    name, _, count = str(spec).partition(":")
-    if name == SCENES and not Path(spec).expanduser().is_dir():
-        from .scenes import CATEGORY_IDS, CLASS_NAMES, DEFAULT_TRAIN_SCENES, SceneSplit, val_scenes_for
+    n = scene_count(spec)
+    if n is not None:
+        from .scenes import CATEGORY_IDS, CLASS_NAMES, SceneSplit, val_scenes_for
 
-        if count and not (count.isdigit() and int(count) >= 1):
-            raise ValueError(f"--data {spec}: expected {SCENES} or {SCENES}:N with N >= 1 training scenes")
-        n = int(count) if count else DEFAULT_TRAIN_SCENES
         splits = {"train": SceneSplit("train", n, img_size), "val": SceneSplit("val", val_scenes_for(n), img_size)}
         return DetectionData(SCENES, list(CLASS_NAMES), list(CATEGORY_IDS), True, 0, splits, img_size)
     return build_coco_folder(Path(spec).expanduser(), img_size)
@@ -386,13 +396,10 @@ def unlabeled_images(spec: str, img_size: int):
     from ..data import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, DataBundle
     from ..data.folder import ImageFolderSplit
 
-    name, _, count = str(spec).partition(":")
-    if name == SCENES and not Path(spec).expanduser().is_dir():
-        from .scenes import DEFAULT_TRAIN_SCENES, val_scenes_for
+    n = scene_count(spec)
+    if n is not None:
+        from .scenes import val_scenes_for
 
-        if count and not (count.isdigit() and int(count) >= 1):
-            raise ValueError(f"--data {spec}: expected {SCENES} or {SCENES}:N with N >= 1 training scenes")
-        n = int(count) if count else DEFAULT_TRAIN_SCENES
         splits = {"train": SceneImages("train", n, img_size), "val": SceneImages("val", val_scenes_for(n), img_size)}
         return DataBundle(SCENES, ["image"], img_size, img_size, IMAGENET_MEAN, IMAGENET_STD, False, splits,
                           labeled=False)
