@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -99,11 +100,14 @@ def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple]:
     t_pre = run_step(work, pre_name, pre, pre_epochs)
     labels = a.label_scenes or a.scenes
     det = ["detect", "train", "--backbone", backbone, "--data", f"digit-scenes:{labels}", "--img-size",
-           str(a.img_size), "--epochs", str(a.epochs), "--seed", str(a.seed), "--threads", str(a.threads)]
+           str(a.img_size), "--epochs", str(a.epochs), "--seed", str(a.seed), "--threads", str(a.threads),
+           *shlex.split(a.finetune_args)]
     rows = []
     method = pre_name.split("_")[0].upper()  # MAE / MIM
     for init, extra in (("scratch", []), (method, ["--init", str(work / pre_name / "last.pt")])):
         name = f"det_{backbone}_{init.lower()}" + (f"_{labels}labelled_{a.epochs}ep" if a.label_scenes else "")
+        if a.finetune_args:  # its own run directories: e.g. --layer-decay 0.75 -> ..._layer-decay_0.75
+            name += "_" + "_".join(t.lstrip("-") for t in shlex.split(a.finetune_args))
         t = run_step(work, name, det + extra, a.epochs)
         rows.append((backbone, init, t_pre if extra else 0.0, t, detection_row(work / name),
                      common_eval(work / name, a.eval_data)))
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--label-scenes")
     ap.add_argument("--label-scenes", type=int, default=None,
                     help="fine-tune on the first N of them only (their labels; val: a tenth, >= 16)")
+    ap.add_argument("--finetune-args", default="",
+                    help="extra `detect train` options for both fine-tunes, e.g. '--layer-decay 0.75'")
     ap.add_argument("--eval-data", default="digit-scenes:3000",
                     help="data every fine-tuned run is also evaluated on (default: the 300 default val scenes)")
     ap.add_argument("--img-size", type=int, default=192)
