@@ -19,7 +19,8 @@ seed), differing only in ``--init``. Every step is a CLI call whose run director
 finished step is reused, an interrupted one resumed (``--resume``), so the script can be re-run after a kill.
 
     PYTHONPATH=. python benchmarks/bench_detect_pretrain.py [--scenes 1200] [--label-scenes N] [--img-size 192] [--epochs 4]
-        [--mae-epochs 30] [--mim-epochs 20] [--families hiera,eva02] [--threads 2] [--work runs/pretrain-pays]
+        [--mae-epochs 30] [--mim-epochs 20] [--families hiera,eva02] [--hiera hiera_nano] [--pretrain-args '...']
+        [--finetune-args '...'] [--threads 2] [--work runs/pretrain-pays]
 """
 from __future__ import annotations
 
@@ -80,19 +81,20 @@ def common_eval(run: Path, eval_data: str) -> dict:
 def pretrain_command(work: Path, fam: str, a: argparse.Namespace) -> tuple[str, str, list[str], int]:
     """(run name, backbone, CLI arguments, epochs) of the family's self-supervised pretraining on the scenes."""
     data, threads = f"digit-scenes:{a.scenes}", ["--threads", str(a.threads)]
+    mae_name = f"mae_{a.hiera}"
     if fam == "hiera":
-        return "mae_hiera_nano", "hiera_nano", ["pretrain", "--method", "mae", "--model", "mae_hiera_nano", "--data",
-                                                data, "--img-size", str(a.img_size), "--epochs", str(a.mae_epochs),
-                                                *threads], a.mae_epochs
-    mae = work / "mae_hiera_nano" / "last.pt"
+        return mae_name, a.hiera, ["pretrain", "--method", "mae", "--model", mae_name, "--data", data, "--img-size",
+                                   str(a.img_size), "--epochs", str(a.mae_epochs), *threads,
+                                   *shlex.split(a.pretrain_args)], a.mae_epochs
+    mae = work / mae_name / "last.pt"
     if not mae.exists():
-        raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained hiera_nano: run --families hiera first "
+        raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained {a.hiera}: run --families hiera first "
                          f"({mae} is missing)")
     mim_size = round(a.img_size / 14) * 14  # EVA-02 pretrains at patch 14; the detector re-embeds at 16
     return "mim_eva02_nano", "eva02_nano", ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher",
-                                            "hiera_nano", "--teacher-checkpoint", str(mae), "--data", data,
+                                            a.hiera, "--teacher-checkpoint", str(mae), "--data", data,
                                             "--img-size", str(mim_size), "--epochs", str(a.mim_epochs),
-                                            *threads], a.mim_epochs
+                                            *threads, *shlex.split(a.pretrain_args)], a.mim_epochs
 
 
 def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple]:
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="fine-tune on the first N of them only (their labels; val: a tenth, >= 16)")
     ap.add_argument("--finetune-args", default="",
                     help="extra `detect train` options for both fine-tunes, e.g. '--layer-decay 0.75'")
+    ap.add_argument("--hiera", default="hiera_nano",
+                    help="the Hiera backbone (MAE model: mae_<name>, e.g. hiera_tiny_224 -> mae_hiera_tiny_224)")
+    ap.add_argument("--pretrain-args", default="",
+                    help="extra `pretrain` options for the MAE and MIM runs, e.g. '--batch-size 32'")
     ap.add_argument("--eval-data", default="digit-scenes:3000",
                     help="data every fine-tuned run is also evaluated on (default: the 300 default val scenes)")
     ap.add_argument("--img-size", type=int, default=192)
