@@ -78,23 +78,28 @@ def common_eval(run: Path, eval_data: str) -> dict:
     return detection_row(out)
 
 
+def args_suffix(args: str) -> str:
+    """A run-name suffix for extra CLI options, so runs with other settings get their own directories (and a finished
+    run is reused only for the same settings): '--layer-decay 0.75' -> '_layer-decay_0.75'; '' -> ''."""
+    return "".join("_" + t.lstrip("-") for t in shlex.split(args))
+
+
 def pretrain_command(work: Path, fam: str, a: argparse.Namespace) -> tuple[str, str, list[str], int]:
     """(run name, backbone, CLI arguments, epochs) of the family's self-supervised pretraining on the scenes."""
     data, threads = f"digit-scenes:{a.scenes}", ["--threads", str(a.threads)]
-    mae_name = f"mae_{a.hiera}"
+    mae_model, extra = f"mae_{a.hiera}", shlex.split(a.pretrain_args)
+    mae_run = mae_model + args_suffix(a.pretrain_args)
     if fam == "hiera":
-        return mae_name, a.hiera, ["pretrain", "--method", "mae", "--model", mae_name, "--data", data, "--img-size",
-                                   str(a.img_size), "--epochs", str(a.mae_epochs), *threads,
-                                   *shlex.split(a.pretrain_args)], a.mae_epochs
-    mae = work / mae_name / "last.pt"
+        return mae_run, a.hiera, ["pretrain", "--method", "mae", "--model", mae_model, "--data", data, "--img-size",
+                                  str(a.img_size), "--epochs", str(a.mae_epochs), *threads, *extra], a.mae_epochs
+    mae = work / mae_run / "last.pt"
     if not mae.exists():
         raise SystemExit(f"EVA-02's MIM teacher is the MAE-pretrained {a.hiera}: run --families hiera first "
                          f"({mae} is missing)")
     mim_size = round(a.img_size / 14) * 14  # EVA-02 pretrains at patch 14; the detector re-embeds at 16
-    return "mim_eva02_nano", "eva02_nano", ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher",
-                                            a.hiera, "--teacher-checkpoint", str(mae), "--data", data,
-                                            "--img-size", str(mim_size), "--epochs", str(a.mim_epochs),
-                                            *threads, *shlex.split(a.pretrain_args)], a.mim_epochs
+    mim = ["pretrain", "--method", "mim", "--model", "eva02_nano", "--teacher", a.hiera, "--teacher-checkpoint",
+           str(mae), "--data", data, "--img-size", str(mim_size), "--epochs", str(a.mim_epochs), *threads, *extra]
+    return "mim_eva02_nano" + args_suffix(a.pretrain_args), "eva02_nano", mim, a.mim_epochs
 
 
 def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple]:
@@ -108,8 +113,9 @@ def family(work: Path, fam: str, a: argparse.Namespace) -> list[tuple]:
     method = pre_name.split("_")[0].upper()  # MAE / MIM
     for init, extra in (("scratch", []), (method, ["--init", str(work / pre_name / "last.pt")])):
         name = f"det_{backbone}_{init.lower()}" + (f"_{labels}labelled_{a.epochs}ep" if a.label_scenes else "")
-        if a.finetune_args:  # its own run directories: e.g. --layer-decay 0.75 -> ..._layer-decay_0.75
-            name += "_" + "_".join(t.lstrip("-") for t in shlex.split(a.finetune_args))
+        name += args_suffix(a.finetune_args)
+        if extra:  # the pretrained fine-tune depends on the pretraining options; scratch is shared across them
+            name += args_suffix(a.pretrain_args)
         t = run_step(work, name, det + extra, a.epochs)
         rows.append((backbone, init, t_pre if extra else 0.0, t, detection_row(work / name),
                      common_eval(work / name, a.eval_data)))
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hiera", default="hiera_nano",
                     help="the Hiera backbone (MAE model: mae_<name>, e.g. hiera_tiny_224 -> mae_hiera_tiny_224)")
     ap.add_argument("--pretrain-args", default="",
-                    help="extra `pretrain` options for the MAE and MIM runs, e.g. '--batch-size 32'")
+                    help="extra `pretrain` options for the MAE and MIM runs, e.g. '--mask-ratio 0.25' (their own run "
+                         "directories; the scratch fine-tune is shared)")
     ap.add_argument("--eval-data", default="digit-scenes:3000",
                     help="data every fine-tuned run is also evaluated on (default: the 300 default val scenes)")
     ap.add_argument("--img-size", type=int, default=192)
